@@ -1,0 +1,7 @@
+//! Server connections: connecting and logging in to a PostgreSQL node.
+
+mod connect;
+mod error;
+
+pub use connect::{ServerConnection, connect};
+pub use error::BackendError;

@@ -1,0 +1,404 @@
+//! Configuration: the TOML file, `SWITCHYARD_*` overrides, defaults and
+//! validation. Every key is documented in `config/switchyard.toml` and README.md.
+
+mod env;
+mod error;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use env::apply_overrides;
+pub use error::ConfigError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Client-facing settings.
+    pub server: ServerConfig,
+    /// The PostgreSQL nodes and how their roles are learnt.
+    pub cluster: ClusterConfig,
+    /// Patroni control plane (topology = "patroni").
+    pub patroni: PatroniConfig,
+    /// CloudNativePG control plane (topology = "kubernetes").
+    pub kubernetes: KubernetesConfig,
+    /// Client-facing TLS.
+    pub tls: TlsConfig,
+    /// Users clients may log in as.
+    pub users: Vec<UserConfig>,
+}
+
+/// `[server]`: the client-facing side of the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Address of the HTTP admin server (/metrics, /healthz, /readyz, /topology).
+    pub admin_listen: String,
+    /// How server connections are shared between clients.
+    pub pool_mode: PoolMode,
+    /// Largest protocol message accepted in either direction, in bytes.
+    pub max_message_size: usize,
+    /// Time a new client has to send its startup packet and authenticate.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Time allowed to open and log in a server connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time sessions get to finish after SIGTERM/SIGINT before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:6432".into(),
+            admin_listen: "0.0.0.0:9930".into(),
+            pool_mode: PoolMode::Session,
+            max_message_size: 256 * 1024 * 1024,
+            startup_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `server.pool_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps one server connection for its whole session.
+    Session,
+    /// A client borrows a server connection per transaction.
+    Transaction,
+}
+
+/// `[cluster]`: the PostgreSQL nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Every node's `host:port`.
+    pub nodes: Vec<String>,
+    /// Where roles come from.
+    pub topology: TopologySource,
+    /// The writable node, for topology = "static".
+    pub primary: Option<String>,
+}
+
+/// `cluster.topology`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologySource {
+    /// Roles as written in this file.
+    #[default]
+    Static,
+    /// Roles from polling every node.
+    Probe,
+    /// Roles from Patroni's REST API.
+    Patroni,
+    /// Roles from CloudNativePG's Kubernetes objects.
+    Kubernetes,
+}
+
+/// `[patroni]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatroniConfig {
+    /// REST API base URLs of the Patroni members.
+    pub urls: Vec<String>,
+}
+
+/// `[kubernetes]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Namespace of the CNPG Cluster.
+    pub namespace: String,
+    /// Name of the CNPG Cluster.
+    pub cluster: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            cluster: String::new(),
+        }
+    }
+}
+
+/// `[tls]`: client-facing TLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Whether clients may or must use TLS.
+    pub mode: TlsMode,
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key.
+    pub key: Option<String>,
+}
+
+/// `tls.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// SSLRequest is answered 'N'.
+    #[default]
+    Disable,
+    /// TLS when the client asks for it.
+    Allow,
+    /// Plaintext clients are refused.
+    Require,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The PostgreSQL role name.
+    pub name: String,
+    /// Password for client authentication and for logging in to the nodes.
+    pub password: Option<String>,
+    /// How the proxy authenticates this user's clients.
+    #[serde(default)]
+    pub auth: AuthMethod,
+}
+
+/// `users[].auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 against `password`.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// No client authentication.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl Config {
+    /// Reads `path`, applies `SWITCHYARD_*` overrides from the process
+    /// environment, and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text` (named `path` in errors), applies overrides from `vars`, validates.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        // Parsed from text first so that errors carry line numbers.
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        if apply_overrides(&mut table, vars)? > 0 {
+            config = table.try_into().map_err(|e: toml::de::Error| {
+                parse_error(format!("after SWITCHYARD_* overrides: {e}"))
+            })?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: addresses parse, the primary is a node,
+    /// user names are unique, and the chosen features exist in this build.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        parse_addr("server.admin_listen", &self.server.admin_listen)?;
+        if self.server.pool_mode == PoolMode::Transaction {
+            return Err(ConfigError::invalid(
+                "server.pool_mode",
+                "\"transaction\" is not available in this version; use \"session\"",
+            ));
+        }
+        if self.server.max_message_size < 8192 {
+            return Err(ConfigError::invalid(
+                "server.max_message_size",
+                "must be at least 8192 bytes",
+            ));
+        }
+        self.validate_cluster()?;
+        if self.tls.mode != TlsMode::Disable {
+            return Err(ConfigError::invalid(
+                "tls.mode",
+                "client TLS is not available in this version; use \"disable\"",
+            ));
+        }
+        self.validate_users()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        for node in &self.cluster.nodes {
+            check_host_port("cluster.nodes", node)?;
+        }
+        if self.cluster.topology != TopologySource::Static {
+            return Err(ConfigError::invalid(
+                "cluster.topology",
+                "only \"static\" is available in this version",
+            ));
+        }
+        let Some(primary) = &self.cluster.primary else {
+            return Err(ConfigError::invalid(
+                "cluster.primary",
+                "required when cluster.topology = \"static\"",
+            ));
+        };
+        check_host_port("cluster.primary", primary)?;
+        if !self.cluster.nodes.is_empty() && !self.cluster.nodes.contains(primary) {
+            return Err(ConfigError::invalid(
+                "cluster.primary",
+                format!("{primary:?} is not one of cluster.nodes"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_users(&self) -> Result<(), ConfigError> {
+        for (index, user) in self.users.iter().enumerate() {
+            let key = format!("users[{index}]");
+            if user.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must not be empty",
+                ));
+            }
+            if self.users[..index].iter().any(|u| u.name == user.name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("user {:?} is listed twice", user.name),
+                ));
+            }
+            if user.auth == AuthMethod::ScramSha256 && user.password.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.password"),
+                    "required for auth = \"scram-sha-256\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node that takes writes.
+    pub fn primary(&self) -> &str {
+        // Invariant: validate() refuses a config without cluster.primary.
+        self.cluster.primary.as_deref().unwrap_or_default()
+    }
+
+    /// The `[[users]]` entry named `name`.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("{value:?} is not an ip:port address")))
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    let valid = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{value:?} is not a host:port address"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [cluster]
+        nodes = ["127.0.0.1:5432"]
+        primary = "127.0.0.1:5432"
+        [[users]]
+        name = "app"
+        password = "secret"
+    "#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Vec::new())
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:6432");
+        assert_eq!(config.server.admin_listen, "0.0.0.0:9930");
+        assert_eq!(config.server.pool_mode, PoolMode::Session);
+        assert_eq!(config.server.startup_timeout, Duration::from_secs(10));
+        assert_eq!(config.primary(), "127.0.0.1:5432");
+        assert_eq!(config.user("app").unwrap().auth, AuthMethod::ScramSha256);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&format!("{MINIMAL}\n[server]\nlisten_port = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn primary_outside_nodes_is_refused_naming_the_key() {
+        let text = MINIMAL.replace(
+            "primary = \"127.0.0.1:5432\"",
+            "primary = \"10.0.0.9:5432\"",
+        );
+        let err = load(&text).unwrap_err();
+        assert!(err.to_string().starts_with("cluster.primary"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let config = load(&format!(
+            "[server]\nstartup_timeout = \"1500ms\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.server.startup_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let vars = vec![(
+            "SWITCHYARD_SERVER_LISTEN".to_owned(),
+            "127.0.0.1:7000".to_owned(),
+        )];
+        let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn scram_user_without_password_is_refused() {
+        let text = MINIMAL.replace("password = \"secret\"", "");
+        let err = load(&text).unwrap_err();
+        assert!(err.to_string().starts_with("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../config/switchyard.toml");
+        load(text).unwrap();
+    }
+}

@@ -1,0 +1,16 @@
+//! switchyard: a replication-aware PostgreSQL proxy.
+//!
+//! The modules follow the data path (DESIGN.md): [`listener`] accepts,
+//! [`session`] authenticates and relays, [`backend`] opens server
+//! connections, [`protocol`] frames the bytes in between.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod config;
+pub mod demo;
+pub mod listener;
+pub mod protocol;
+pub mod proxy;
+pub mod session;
+pub mod testcluster;

@@ -1,0 +1,87 @@
+//! The `switchyard` command: run the proxy, check a config, or run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::config::Config;
+use switchyard::proxy::{Proxy, termination_signal};
+
+/// A replication-aware PostgreSQL proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "SWITCHYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and exit (non-zero, naming the bad key, when invalid).
+    Check,
+    /// Start a local primary + 2 streaming replicas with switchyard in front.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Demo) => switchyard::demo::run(),
+        Some(Command::Check) => match load(cli.config) {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        None => match load(cli.config) {
+            Ok(config) => serve(config),
+            Err(code) => code,
+        },
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("error: --config FILE is required (or set SWITCHYARD_CONFIG)");
+        return Err(ExitCode::from(2));
+    };
+    Config::load(&path).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let proxy = match Proxy::bind(config).await {
+            Ok(proxy) => proxy,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = proxy.local_addr() {
+            tracing::info!(%addr, "switchyard listening");
+        }
+        proxy.run(termination_signal()).await;
+        ExitCode::SUCCESS
+    })
+}

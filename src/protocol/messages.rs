@@ -1,0 +1,125 @@
+//! Messages the proxy writes itself (as opposed to relaying a peer's bytes).
+//!
+//! Encoded with pgwire's message types; none of these is on the per-message
+//! hot path.
+
+use bytes::BytesMut;
+use pgwire::messages::Message;
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
+};
+
+/// SQLSTATE and message of an error the proxy reports to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// "FATAL" closes the connection; "ERROR" does not.
+    pub severity: &'static str,
+    /// Five-character SQLSTATE.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ClientError {
+    /// A FATAL error: the proxy closes the connection after sending it.
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "FATAL",
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Appends this error as an ErrorResponse to `buf`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let response = ErrorResponse::new(vec![
+            (b'S', self.severity.to_owned()),
+            (b'V', self.severity.to_owned()),
+            (b'C', self.code.to_owned()),
+            (b'M', self.message.clone()),
+        ]);
+        encode(&response, buf);
+    }
+
+    /// This error as a standalone ErrorResponse.
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut buf = BytesMut::new();
+        self.encode(&mut buf);
+        buf
+    }
+}
+
+// Invariant: pgwire's encode fails only for messages above its size limits,
+// and every message built here is a few hundred bytes at most.
+fn encode<M: Message>(message: &M, buf: &mut BytesMut) {
+    if let Err(error) = message.encode(buf) {
+        tracing::error!(%error, "failed to encode a proxy-generated message");
+    }
+}
+
+/// AuthenticationOk.
+pub fn authentication_ok(buf: &mut BytesMut) {
+    encode(&Authentication::Ok, buf);
+}
+
+/// AuthenticationSASL offering the given mechanisms.
+pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    let names = mechanisms.iter().map(|m| (*m).to_owned()).collect();
+    encode(&Authentication::SASL(names), buf);
+}
+
+/// AuthenticationSASLContinue carrying a server-first-message.
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    encode(
+        &Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)),
+        buf,
+    );
+}
+
+/// AuthenticationSASLFinal carrying a server-final-message.
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    encode(
+        &Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)),
+        buf,
+    );
+}
+
+/// BackendKeyData with a protocol 3.0 (4-byte) secret.
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), buf);
+}
+
+/// ReadyForQuery with status idle.
+pub fn ready_for_query_idle(buf: &mut BytesMut) {
+    encode(&ReadyForQuery::new(TransactionStatus::Idle), buf);
+}
+
+/// NegotiateProtocolVersion: the proxy speaks 3.0 and none of `options`.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, options: &[String]) {
+    encode(&NegotiateProtocolVersion::new(0, options.to_vec()), buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_carries_severity_code_and_message() {
+        let bytes = ClientError::fatal("28P01", "password authentication failed").to_bytes();
+        assert_eq!(bytes[0], b'E');
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len + 1, bytes.len());
+        let text = String::from_utf8_lossy(&bytes[5..]);
+        assert!(text.contains("SFATAL\0"));
+        assert!(text.contains("C28P01\0"));
+        assert!(text.contains("Mpassword authentication failed\0"));
+    }
+
+    #[test]
+    fn ready_for_query_is_six_bytes() {
+        let mut buf = BytesMut::new();
+        ready_for_query_idle(&mut buf);
+        assert_eq!(&buf[..], b"Z\0\0\0\x05I");
+    }
+}

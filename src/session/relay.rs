@@ -1,0 +1,196 @@
+//! Session-mode relay: the client's bytes to its server and back, frame
+//! aware but never re-encoded.
+//!
+//! Each direction reads into one fixed buffer, lets the [`FrameScanner`]
+//! note frame boundaries (and the few frames that matter: ReadyForQuery,
+//! Terminate, FATAL errors), then writes the very same bytes on. Nothing is
+//! allocated per message and no lock is taken. Backpressure is end to end:
+//! while a write waits on a slow peer, that direction reads nothing more, so
+//! a session holds at most one buffer per direction in flight.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{FrameScanner, ProtocolError};
+
+/// Bytes read per syscall in each direction.
+const BUFFER_LEN: usize = 16 * 1024;
+
+/// Why a relay stopped.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client's socket closed or failed without Terminate.
+    ClientGone,
+    /// The client sent a frame that cannot be relayed.
+    ClientProtocol(ProtocolError),
+    /// The server's socket closed or failed.
+    ServerGone {
+        /// The server's last message was a FATAL error the client has already received.
+        fatal_relayed: bool,
+    },
+    /// The server sent a frame that cannot be relayed.
+    ServerProtocol(ProtocolError),
+    /// Shutdown began and the session reached an idle point.
+    DrainedIdle,
+    /// The shutdown timeout expired.
+    HardStop,
+}
+
+/// State the two directions of one session share. Both run in the same
+/// task, so relaxed atomics are enough; they are atomics only to be `Sync`.
+#[derive(Debug)]
+pub struct Activity {
+    requests: AtomicU64,
+    readies: AtomicU64,
+    status: AtomicU8,
+    client_at_boundary: AtomicBool,
+    close_when_idle: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            readies: AtomicU64::new(0),
+            status: AtomicU8::new(b'I'),
+            client_at_boundary: AtomicBool::new(true),
+            close_when_idle: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Activity {
+    /// True when every Query/Sync/FunctionCall sent has been answered by a
+    /// ReadyForQuery and the last one said "idle, no transaction".
+    pub fn is_idle(&self) -> bool {
+        self.requests.load(Relaxed) == self.readies.load(Relaxed)
+            && self.status.load(Relaxed) == b'I'
+    }
+
+    /// True when a message written to the client now would not split a frame.
+    pub fn client_at_boundary(&self) -> bool {
+        self.client_at_boundary.load(Relaxed)
+    }
+}
+
+/// Relays between `client` and `server` until one side ends or shutdown
+/// asks the session to stop.
+pub async fn relay(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    limit: usize,
+    activity: &Activity,
+    draining: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> RelayEnd {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let upstream = client_to_server(&mut client_read, &mut server_write, limit, activity);
+    let downstream = server_to_client(&mut server_read, &mut client_write, limit, activity);
+    tokio::pin!(upstream, downstream);
+    let mut drain_noticed = false;
+    loop {
+        tokio::select! {
+            end = &mut upstream => return end,
+            end = &mut downstream => return end,
+            () = draining.cancelled(), if !drain_noticed => {
+                drain_noticed = true;
+                activity.close_when_idle.store(true, Relaxed);
+                if activity.is_idle() && activity.client_at_boundary() {
+                    return RelayEnd::DrainedIdle;
+                }
+            }
+            () = hard_stop.cancelled() => return RelayEnd::HardStop,
+        }
+    }
+}
+
+async fn client_to_server<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    limit: usize,
+    activity: &Activity,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
+    let mut scanner = FrameScanner::new(limit);
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return RelayEnd::ClientGone,
+            Ok(n) => n,
+        };
+        let mut requests = 0;
+        let mut terminated = false;
+        let scanned = scanner.scan(&buf[..n], |tag, _| match tag {
+            b'Q' | b'S' | b'F' => requests += 1,
+            b'X' => terminated = true,
+            _ => {}
+        });
+        if let Err(error) = scanned {
+            return RelayEnd::ClientProtocol(error);
+        }
+        if requests > 0 {
+            activity.requests.fetch_add(requests, Relaxed);
+        }
+        if writer.write_all(&buf[..n]).await.is_err() {
+            return RelayEnd::ServerGone {
+                fatal_relayed: false,
+            };
+        }
+        if terminated {
+            return RelayEnd::ClientTerminated;
+        }
+    }
+}
+
+async fn server_to_client<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    limit: usize,
+    activity: &Activity,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
+    let mut scanner = FrameScanner::new(limit);
+    let mut fatal_relayed = false;
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return RelayEnd::ServerGone { fatal_relayed },
+            Ok(n) => n,
+        };
+        let scanned = scanner.scan(&buf[..n], |tag, head| {
+            fatal_relayed =
+                tag == b'E' && (head.starts_with(b"SFATAL") || head.starts_with(b"SPANIC"));
+            if tag == b'Z' {
+                activity.readies.fetch_add(1, Relaxed);
+                activity
+                    .status
+                    .store(head.first().copied().unwrap_or(b'I'), Relaxed);
+            }
+        });
+        if let Err(error) = scanned {
+            return RelayEnd::ServerProtocol(error);
+        }
+        activity.client_at_boundary.store(false, Relaxed);
+        if writer.write_all(&buf[..n]).await.is_err() {
+            return RelayEnd::ClientGone;
+        }
+        activity
+            .client_at_boundary
+            .store(scanner.at_boundary(), Relaxed);
+        if activity.close_when_idle.load(Relaxed) && activity.is_idle() && scanner.at_boundary() {
+            return RelayEnd::DrainedIdle;
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Shared end-to-end harness: a real PostgreSQL cluster and the real
+//! `switchyard` binary in front of it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard::testcluster::{ClusterSpec, LocalCluster};
+
+/// The application user every harness creates.
+pub const APP_USER: &str = "app";
+/// Its password.
+pub const APP_PASSWORD: &str = "app-secret";
+/// The application database.
+pub const APP_DB: &str = "appdb";
+
+/// A cluster plus a proxy process.
+pub struct Harness {
+    pub proxy: ProxyProcess,
+    pub cluster: LocalCluster,
+}
+
+/// A running `switchyard` binary.
+pub struct ProxyProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- switchyard log ----\n{}", self.log());
+        }
+    }
+}
+
+impl ProxyProcess {
+    /// Starts the binary with `config` (TOML text; `{listen}` is replaced by a free port).
+    pub fn start(config: &str) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, config.replace("{listen}", &addr.to_string())).unwrap();
+        let log = std::fs::File::create(dir.path().join("switchyard.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("SWITCHYARD_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let proxy = Self { child, addr, dir };
+        proxy.wait_listening();
+        proxy
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("switchyard.log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Peak resident set size in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// utime + stime in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The default cluster spec: primary only, user `app`, database `appdb`.
+pub fn spec() -> ClusterSpec {
+    ClusterSpec {
+        users: vec![(APP_USER.into(), APP_PASSWORD.into())],
+        databases: vec![APP_DB.into()],
+        ..ClusterSpec::default()
+    }
+}
+
+/// Proxy config for `cluster` with user `app` (SCRAM) plus `extra` TOML.
+pub fn proxy_config(cluster: &LocalCluster, extra: &str) -> String {
+    let primary = cluster.primary().addr();
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "127.0.0.1:0"
+shutdown_timeout = "5s"
+{extra}
+
+[cluster]
+nodes = ["{primary}"]
+primary = "{primary}"
+
+[[users]]
+name = "{APP_USER}"
+password = "{APP_PASSWORD}"
+
+[[users]]
+name = "postgres"
+password = "{superpw}"
+"#,
+        superpw = cluster.superuser_password()
+    )
+}
+
+impl Harness {
+    /// Starts a primary-only cluster and the proxy in front of it.
+    pub fn start() -> Self {
+        Self::with(spec(), "")
+    }
+
+    /// Starts a cluster from `spec` and a proxy with `extra` [server] keys.
+    pub fn with(spec: ClusterSpec, extra_server: &str) -> Self {
+        let cluster = LocalCluster::start(&spec).expect("start cluster");
+        let proxy = ProxyProcess::start(&proxy_config(&cluster, extra_server));
+        Self { proxy, cluster }
+    }
+
+    /// libpq-style connection string through the proxy.
+    pub fn proxy_dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB}",
+            self.proxy.addr.port()
+        )
+    }
+
+    /// postgres:// URL through the proxy.
+    pub fn proxy_url(&self) -> String {
+        format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DB}",
+            self.proxy.addr.port()
+        )
+    }
+
+    /// Connection string straight to the primary.
+    pub fn direct_dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB}",
+            self.cluster.primary().port
+        )
+    }
+
+    /// postgres:// URL straight to the primary.
+    pub fn direct_url(&self) -> String {
+        format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DB}",
+            self.cluster.primary().port
+        )
+    }
+
+    /// Runs a PostgreSQL client program (psql, pgbench) from the cluster's binaries.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(self.cluster.binaries().program(program))
+            .args(args)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    }
+
+    /// Superuser SQL on the primary, straight (not through the proxy).
+    pub fn admin_sql(&self, sql: &str) -> String {
+        self.cluster.primary().psql(sql).expect("admin sql")
+    }
+}
+
+/// Connects tokio-postgres and drives its connection in the background.
+pub async fn connect(dsn: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Where test data files go.
+pub fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("switchyard-{}-{name}", std::process::id()))
+}
