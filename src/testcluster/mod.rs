@@ -56,8 +56,8 @@ const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
 /// What cluster to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSpec {
-    /// Number of streaming replicas (physical, with replication slots
-    /// `replica_1`, `replica_2`, ...).
+    /// Number of streaming replicas (physical, each with its own replication
+    /// slot `replica_1`, `replica_2`, ...).
     pub replicas: usize,
     /// Password of the superuser `postgres` (SCRAM-SHA-256 over TCP; local
     /// unix-socket connections are trusted).
@@ -114,10 +114,23 @@ impl LocalCluster {
         let bins = PgBinaries::discover()?;
         let run_as = os_user::pg_run_as()?;
 
+        let root = temp_root(run_as.is_some());
         let temp_dir = tempfile::Builder::new()
             .prefix("switchyard-pg-")
-            .tempdir_in(temp_root(run_as.is_some()))
-            .map_err(|e| ClusterError::io("create temporary directory", e))?;
+            .tempdir_in(&root)
+            .or_else(|e| {
+                // e.g. a read-only /dev/shm: fall back to the temp directory.
+                if std::env::var_os(TMPDIR_ENV).is_some() || root == std::env::temp_dir() {
+                    return Err(e);
+                }
+                tempfile::Builder::new().prefix("switchyard-pg-").tempdir()
+            })
+            .map_err(|e| {
+                ClusterError::io(
+                    format!("create temporary directory in {}", root.display()),
+                    e,
+                )
+            })?;
         let ctx = Arc::new(Ctx {
             bins,
             run_as,
@@ -129,6 +142,7 @@ impl LocalCluster {
         let primary = start_primary(&ctx, spec)?;
         create_users_and_databases(&primary, spec)?;
 
+        create_replication_slots(&primary, spec.replicas)?;
         let replicas = std::thread::scope(|scope| {
             let handles: Vec<_> = (1..=spec.replicas)
                 .map(|i| {
@@ -273,9 +287,27 @@ fn validate(spec: &ClusterSpec) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// Where to create the cluster's temporary directory: the usual temp dir,
-/// unless the servers run as another user who could not traverse it.
+/// Environment variable naming the directory to create clusters in
+/// (overrides the automatic choice of `/dev/shm` or the temp directory).
+pub const TMPDIR_ENV: &str = "SWITCHYARD_PG_TMPDIR";
+
+/// Free space a tmpfs `/dev/shm` must have to hold clusters.
+const SHM_MIN_FREE_BYTES: u64 = 1 << 30;
+
+/// Where to create the cluster's temporary directory:
+/// 1. `$SWITCHYARD_PG_TMPDIR` if set;
+/// 2. `/dev/shm` if it is a tmpfs with at least 1 GiB free -- a RAM-backed
+///    directory makes initdb and pg_basebackup several times faster;
+/// 3. the usual temp directory ([`std::env::temp_dir`]), or `/tmp` if the
+///    servers run as another user who could not traverse it.
 fn temp_root(other_user: bool) -> PathBuf {
+    if let Some(dir) = std::env::var_os(TMPDIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && free_bytes(shm).is_some_and(|free| free >= SHM_MIN_FREE_BYTES) {
+        return shm.to_path_buf();
+    }
     let root = std::env::temp_dir();
     if !other_user {
         return root;
@@ -289,6 +321,30 @@ fn temp_root(other_user: bool) -> PathBuf {
     } else {
         PathBuf::from("/tmp")
     }
+}
+
+/// Free bytes on the filesystem holding `path`, from POSIX `df -Pk`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let output = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    // "Filesystem 1024-blocks Used Available Capacity Mounted-on"
+    let text = String::from_utf8_lossy(&output.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// A currently free TCP port on 127.0.0.1 (may be taken again by the time it
@@ -354,6 +410,7 @@ fn start_primary(ctx: &Arc<Ctx>, spec: &ClusterSpec) -> Result<Node, ClusterErro
          fsync = off\n\
          full_page_writes = off\n\
          shared_buffers = '32MB'\n\
+         max_wal_size = '256MB'\n\
          logging_collector = off\n\
          log_connections = on\n\
          log_disconnections = on\n\
@@ -428,6 +485,30 @@ fn create_users_and_databases(primary: &Node, spec: &ClusterSpec) -> Result<(), 
     Ok(())
 }
 
+/// Name of the physical replication slot of replica `i` (1-based).
+fn slot_name(i: usize) -> String {
+    format!("replica_{i}")
+}
+
+/// Creates the replicas' physical slots on the primary, reserving WAL right
+/// away. (`pg_basebackup -C` would create each slot only after its backup
+/// started, so a checkpoint requested by a concurrent backup could recycle
+/// the WAL segment the other backup still needs.)
+fn create_replication_slots(primary: &Node, replicas: usize) -> Result<(), ClusterError> {
+    if replicas == 0 {
+        return Ok(());
+    }
+    let sql = (1..=replicas)
+        .map(|i| {
+            format!(
+                "SELECT pg_create_physical_replication_slot({}, true);",
+                quote_literal(&slot_name(i))
+            )
+        })
+        .collect::<String>();
+    primary.psql(&sql).map(drop)
+}
+
 /// pg_basebackup from the primary + configuration + start of replica `i`.
 fn start_replica(
     ctx: &Arc<Ctx>,
@@ -441,7 +522,7 @@ fn start_replica(
         .args(["-h", &primary.host, "-p", &primary.port.to_string()])
         .args(["-U", "postgres", "-w", "-D"])
         .arg(&node.data_dir)
-        .args(["-R", "-X", "stream", "-C", "-S", &format!("replica_{i}")])
+        .args(["-R", "-X", "stream", "-S", &slot_name(i)])
         .args(["--checkpoint=fast", "--no-sync"])
         .env("PGPASSWORD", &spec.superuser_password);
     process::run(&mut backup, None)?;

@@ -1,0 +1,139 @@
+//! Client authentication in the proxy and login to the server.
+
+mod support;
+
+use support::{APP_DB, Harness, connect};
+use tokio_postgres::error::SqlState;
+
+fn dsn(h: &Harness, user: &str, password: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={user} password={password} dbname={APP_DB}",
+        h.proxy.addr.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_gets_28p01_and_never_reaches_the_server() {
+    let h = Harness::start();
+    for (user, password) in [("app", "wrong"), ("nobody", "whatever"), ("postgres", "")] {
+        let error = tokio_postgres::connect(&dsn(&h, user, password), tokio_postgres::NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} logged in with a wrong password"));
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{user}: {error}"
+        );
+    }
+    let attempts = h.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'nobody'");
+    assert_eq!(attempts, "0");
+    // log_connections is on: the server never saw a connection for these users.
+    let log = h.cluster.primary().log();
+    assert!(
+        !log.contains("user=nobody"),
+        "server saw a login attempt:\n{log}"
+    );
+    assert!(
+        !log.contains("user=app database=appdb application_name"),
+        "{log}"
+    );
+    assert!(!log.contains("authentication failed"), "{log}");
+
+    // The right password still works afterwards.
+    let client = connect(&h.proxy_dsn()).await;
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, "app");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_parameters_reach_the_server() {
+    let h = Harness::start();
+    let dsn = format!(
+        "{} application_name=switchyard-test options='-c search_path=pg_catalog -c work_mem=5MB'",
+        h.proxy_dsn()
+    );
+    let client = connect(&dsn).await;
+    let row = client
+        .query_one(
+            "SELECT current_setting('application_name'), current_setting('search_path'), \
+             current_setting('work_mem'), current_database()::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "switchyard-test");
+    assert_eq!(row.get::<_, &str>(1), "pg_catalog");
+    assert_eq!(row.get::<_, &str>(2), "5MB");
+    assert_eq!(row.get::<_, &str>(3), APP_DB);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_errors_at_login_are_passed_through() {
+    let h = Harness::start();
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=no_such_db",
+        h.proxy.addr.port()
+    );
+    let error = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INVALID_CATALOG_NAME),
+        "{error}"
+    );
+}
+
+#[test]
+fn trust_user_and_md5_or_cleartext_server_logins_work() {
+    let cluster = switchyard::testcluster::LocalCluster::start(&support::spec()).unwrap();
+    let primary = cluster.primary();
+    primary
+        .psql(
+            "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5pw'; \
+             CREATE ROLE clearuser LOGIN PASSWORD 'clearpw'; GRANT CONNECT ON DATABASE appdb TO md5user, clearuser",
+        )
+        .unwrap();
+    // Put md5 and password rules before the generic scram rule.
+    let hba = primary.data_dir.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    let rules = "host all md5user 127.0.0.1/32 md5\nhost all clearuser 127.0.0.1/32 password\n";
+    std::fs::write(&hba, format!("{rules}{original}")).unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+
+    let extra_users = r#"
+[[users]]
+name = "md5user"
+password = "md5pw"
+
+[[users]]
+name = "clearuser"
+password = "clearpw"
+auth = "trust"
+"#;
+    let config = format!("{}{extra_users}", support::proxy_config(&cluster, ""));
+    let proxy = support::ProxyProcess::start(&config);
+    let psql = cluster.binaries().program("psql");
+    for (user, password) in [("md5user", "md5pw"), ("clearuser", "")] {
+        let url = format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/appdb",
+            proxy.addr.port()
+        );
+        let out = std::process::Command::new(&psql)
+            .args(["-X", "-A", "-t", "-d", &url, "-c", "SELECT current_user"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), user);
+    }
+}

@@ -1,0 +1,189 @@
+//! Malformed and hostile input: the proxy answers with an error or closes,
+//! never panics, and keeps serving everyone else.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Harness, connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `bytes` and returns what the proxy answered before closing (bounded wait).
+async fn send_raw(h: &Harness, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut reply)).await;
+    reply
+}
+
+fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+fn sqlstate(reply: &[u8]) -> Option<String> {
+    if reply.first() != Some(&b'E') {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&reply[5..]).into_owned();
+    text.split('\0')
+        .find_map(|f| f.strip_prefix('C'))
+        .map(str::to_owned)
+}
+
+/// Logs in through a raw socket as `app` (trust is not configured, so this
+/// performs SCRAM with postgres-protocol's client) and returns the stream.
+async fn raw_session(h: &Harness) -> TcpStream {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    stream
+        .write_all(&startup_packet(&[("user", "app"), ("database", "appdb")]))
+        .await
+        .unwrap();
+    let mut scram = ScramSha256::new(
+        support::APP_PASSWORD.as_bytes(),
+        ChannelBinding::unsupported(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let (tag, body) = read_message(&mut stream).await;
+        match (
+            tag,
+            body.get(..4)
+                .map(|c| i32::from_be_bytes(c.try_into().unwrap())),
+        ) {
+            (b'R', Some(10)) => {
+                postgres_protocol::message::frontend::sasl_initial_response(
+                    "SCRAM-SHA-256",
+                    scram.message(),
+                    &mut buf,
+                )
+                .unwrap();
+            }
+            (b'R', Some(11)) => {
+                scram.update(&body[4..]).unwrap();
+                postgres_protocol::message::frontend::sasl_response(scram.message(), &mut buf)
+                    .unwrap();
+            }
+            (b'R', Some(12)) => scram.finish(&body[4..]).unwrap(),
+            (b'Z', _) => return stream,
+            (b'E', _) => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+        if !buf.is_empty() {
+            stream.write_all(&buf).await.unwrap();
+            buf.clear();
+        }
+    }
+}
+
+async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).await.unwrap();
+    let len = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len - 4];
+    stream.read_exact(&mut body).await.unwrap();
+    (header[0], body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_startup_packets_get_errors_and_the_proxy_stays_up() {
+    let h = Harness::start();
+    let healthy = connect(&h.proxy_dsn()).await;
+
+    // Garbage before the startup packet (an HTTP request).
+    let reply = send_raw(&h, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(sqlstate(&reply).as_deref(), Some("08P01"));
+    // Length below the minimum, and far above PostgreSQL's 10000-byte cap.
+    assert_eq!(
+        sqlstate(&send_raw(&h, &[0, 0, 0, 4]).await).as_deref(),
+        Some("08P01")
+    );
+    assert_eq!(
+        sqlstate(&send_raw(&h, &[0x7f, 0, 0, 0, 0, 3, 0, 0]).await).as_deref(),
+        Some("08P01")
+    );
+    // Protocol 2.0.
+    let mut v2 = 8u32.to_be_bytes().to_vec();
+    v2.extend_from_slice(&(2i32 << 16).to_be_bytes());
+    assert_eq!(sqlstate(&send_raw(&h, &v2).await).as_deref(), Some("0A000"));
+    // Parameters without terminator, without user, non-UTF-8.
+    let mut unterminated = startup_packet(&[("user", "app")]);
+    unterminated.pop();
+    unterminated[3] -= 1;
+    assert_eq!(
+        sqlstate(&send_raw(&h, &unterminated).await).as_deref(),
+        Some("08P01")
+    );
+    assert_eq!(
+        sqlstate(&send_raw(&h, &startup_packet(&[("database", "x")])).await).as_deref(),
+        Some("08P01")
+    );
+    // Truncated packet then close: nothing to answer, no crash.
+    let _ = send_raw(&h, &[0, 0, 0, 50, 0, 3]).await;
+    // Random bytes.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20 {
+        let junk: Vec<u8> = (0..64)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = send_raw(&h, &junk).await;
+    }
+
+    let row = healthy.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert!(h.proxy.log().lines().all(|l| !l.contains("panicked")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_after_login_end_only_that_session() {
+    let h = Harness::with(support::spec(), "max_message_size = 65536");
+    let healthy = connect(&h.proxy_dsn()).await;
+
+    // Bad length in a frame.
+    let mut bad = raw_session(&h).await;
+    bad.write_all(&[b'Q', 0, 0, 0, 2]).await.unwrap();
+    let (tag, body) = read_message(&mut bad).await;
+    assert_eq!(tag, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("C08P01"));
+
+    // Oversized frame: refused before its body is read.
+    let mut big = raw_session(&h).await;
+    big.write_all(&[b'Q', 0, 0x10, 0, 0]).await.unwrap();
+    let (tag, body) = read_message(&mut big).await;
+    assert_eq!(tag, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("C54000"));
+
+    // Bad password-message tag during SCRAM.
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    stream
+        .write_all(&startup_packet(&[("user", "app")]))
+        .await
+        .unwrap();
+    let _ = read_message(&mut stream).await;
+    stream
+        .write_all(&[b'p', 0, 0, 0, 8, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'E');
+
+    let row = healthy.query_one("SELECT 2", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+}
