@@ -238,6 +238,14 @@ impl Harness {
     pub fn admin_sql(&self, sql: &str) -> String {
         self.cluster.primary().psql(sql).expect("admin sql")
     }
+
+    /// Superuser SQL in the application database, straight to the primary.
+    pub fn admin_sql_app(&self, sql: &str) -> String {
+        self.cluster
+            .primary()
+            .psql_db(APP_DB, sql)
+            .expect("admin sql")
+    }
 }
 
 /// Connects tokio-postgres and drives its connection in the background.
