@@ -10,6 +10,14 @@ fn process_exists(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// Debug logs of the cluster, shown for failing tests (or with --nocapture).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("switchyard=debug")
+        .with_test_writer()
+        .try_init();
+}
+
 async fn start(spec: ClusterSpec) -> LocalCluster {
     tokio::task::spawn_blocking(move || LocalCluster::start(&spec))
         .await
@@ -151,6 +159,7 @@ async fn primary_with_two_streaming_replicas() {
 
 #[test]
 fn promote_stop_start_and_parallel_clusters() {
+    init_tracing();
     // Two clusters at once (as parallel tests do) must not collide.
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| {
@@ -199,4 +208,49 @@ fn promote_stop_start_and_parallel_clusters() {
     let dir = a.base_dir().to_path_buf();
     drop(a);
     assert!(!dir.exists());
+}
+
+#[test]
+fn teardown_when_the_test_panics() {
+    init_tracing();
+    let seen = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let cluster = LocalCluster::start(&ClusterSpec::default()).unwrap();
+        *seen.lock().unwrap() = Some((
+            cluster.primary().postmaster_pid().unwrap(),
+            cluster.base_dir().to_path_buf(),
+        ));
+        panic!("test failure while the cluster is running");
+    }));
+    assert!(result.is_err());
+    let (pid, dir) = seen.into_inner().unwrap().unwrap();
+    assert!(!process_exists(pid), "postmaster {pid} survived the panic");
+    assert!(!dir.exists(), "{} survived the panic", dir.display());
+}
+
+#[test]
+fn bad_configuration_is_reported_with_the_server_log() {
+    init_tracing();
+    let spec = ClusterSpec {
+        extra_conf: vec!["no_such_setting = 1".to_owned()],
+        ..ClusterSpec::default()
+    };
+    let err = LocalCluster::start(&spec).unwrap_err();
+    let msg = err.to_string();
+    eprintln!("expected start error: {msg}");
+    assert!(
+        matches!(
+            err,
+            switchyard::testcluster::ClusterError::StartFailed { .. }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("no_such_setting"), "{msg}");
+
+    let err = LocalCluster::start(&ClusterSpec {
+        max_connections: 0,
+        ..ClusterSpec::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("max_connections"), "{err}");
 }

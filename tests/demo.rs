@@ -1,0 +1,89 @@
+//! `switchyard demo` end to end: it starts, its URL works, Ctrl-C cleans up.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_prints_a_working_url_and_ctrl_c_leaves_no_postgres_behind() {
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut url = None;
+    let mut node_ports = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while url.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("demo printed no postgres:// URL in time");
+        if let Some(addr) = line
+            .trim()
+            .strip_prefix("primary")
+            .or(line.trim().strip_prefix("replica"))
+        {
+            if let Some(port) = addr.rsplit(':').next() {
+                node_ports.push(port.trim().to_owned());
+            }
+        }
+        if line.starts_with("postgres://") {
+            url = Some(line);
+        }
+    }
+    let url = url.unwrap();
+    assert_eq!(node_ports.len(), 3, "expected primary + 2 replicas");
+
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            &url,
+            "-c",
+            "SELECT pg_is_in_recovery(), current_user",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "f|app");
+
+    // Ctrl-C.
+    Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "demo did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    for port in node_ports {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let listing = String::from_utf8_lossy(&ps.stdout);
+        assert!(
+            !listing
+                .lines()
+                .any(|l| l.contains("postgres") && l.contains(&format!("-p {port}"))),
+            "a postgres on port {port} survived the demo"
+        );
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err());
+    }
+}
