@@ -26,14 +26,11 @@ fn demo_prints_a_working_url_and_ctrl_c_leaves_no_postgres_behind() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("demo printed no postgres:// URL in time");
-        if let Some(addr) = line
-            .trim()
-            .strip_prefix("primary")
-            .or(line.trim().strip_prefix("replica"))
+        let trimmed = line.trim();
+        if (trimmed.starts_with("primary") || trimmed.starts_with("replica"))
+            && let Some(port) = trimmed.rsplit(':').next()
         {
-            if let Some(port) = addr.rsplit(':').next() {
-                node_ports.push(port.trim().to_owned());
-            }
+            node_ports.push(port.trim().to_owned());
         }
         if line.starts_with("postgres://") {
             url = Some(line);
