@@ -80,19 +80,27 @@ fn killed_client_leaves_no_active_server_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn server_termination_gives_the_client_a_clean_error() {
     let h = Harness::start();
-    let client = connect(&h.proxy_dsn()).await;
+    let (client, connection) = tokio_postgres::connect(&h.proxy_dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
         .unwrap()
         .get(0);
     h.admin_sql(&format!("SELECT pg_terminate_backend({pid})"));
-    let error = client.simple_query("SELECT 1").await.unwrap_err();
+    // The server's FATAL reaches the idle client as an ErrorResponse, then the connection closes.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("client connection closed")
+        .unwrap();
+    let error = ended.expect_err("connection ended with the server's error");
     let db_error = error
         .as_db_error()
         .expect("an ErrorResponse, not a broken socket");
     assert_eq!(db_error.code(), &SqlState::ADMIN_SHUTDOWN);
-    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    assert!(client.is_closed());
 
     // A server that disappears without a word: the proxy reports class 08.
     let client = connect(&h.proxy_dsn()).await;
@@ -112,7 +120,10 @@ async fn server_termination_gives_the_client_a_clean_error() {
 async fn sigterm_lets_a_running_transaction_finish_then_exits() {
     let mut h = Harness::start();
     let client = connect(&h.proxy_dsn()).await;
-    let idle = connect(&h.proxy_dsn()).await;
+    let (_idle, idle_connection) = tokio_postgres::connect(&h.proxy_dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let idle_connection = tokio::spawn(idle_connection);
     let running = tokio::spawn(async move {
         let result = client.simple_query("SELECT pg_sleep(1.5)").await;
         (result, client)
@@ -126,11 +137,16 @@ async fn sigterm_lets_a_running_transaction_finish_then_exits() {
             .await
             .is_err()
     );
-    // The idle session is closed with 57P01.
-    let error = idle.simple_query("SELECT 1").await.unwrap_err();
-    if let Some(code) = error.code() {
-        assert_eq!(code, &SqlState::ADMIN_SHUTDOWN);
-    }
+    // The idle session is closed at once with 57P01.
+    let ended = tokio::time::timeout(Duration::from_secs(2), idle_connection)
+        .await
+        .expect("idle session closed at once")
+        .unwrap();
+    let error = ended.expect_err("closed with an error");
+    assert_eq!(
+        error.as_db_error().map(|e| e.code()),
+        Some(&SqlState::ADMIN_SHUTDOWN)
+    );
     // The running query completes.
     let (result, _client) = running.await.unwrap();
     assert!(result.is_ok(), "in-flight query was cut: {result:?}");

@@ -33,10 +33,7 @@ async fn primary_with_two_streaming_replicas() {
         databases: vec!["appdb".to_owned()],
         ..ClusterSpec::default()
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("switchyard=debug")
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let t0 = Instant::now();
     let cluster = start(spec).await;
     eprintln!(
@@ -220,7 +217,7 @@ fn teardown_when_the_test_panics() {
             cluster.primary().postmaster_pid().unwrap(),
             cluster.base_dir().to_path_buf(),
         ));
-        panic!("test failure while the cluster is running");
+        panic!("intentional panic to exercise teardown");
     }));
     assert!(result.is_err());
     let (pid, dir) = seen.into_inner().unwrap().unwrap();

@@ -153,16 +153,18 @@ impl LocalCluster {
                 .collect();
             let mut replicas = Vec::with_capacity(handles.len());
             let mut first_err = None;
-            for handle in handles {
+            for (i, handle) in (1..).zip(handles) {
                 match handle.join() {
                     Ok(Ok(node)) => replicas.push(node),
                     Ok(Err(e)) => {
                         first_err.get_or_insert(e);
                     }
                     Err(_) => {
-                        first_err.get_or_insert(ClusterError::InvalidArgument(
-                            "replica setup thread panicked".to_owned(),
-                        ));
+                        first_err.get_or_insert(ClusterError::StartFailed {
+                            node: format!("replica{i}"),
+                            reason: "the setup thread panicked".to_owned(),
+                            log_tail: String::new(),
+                        });
                     }
                 }
             }
@@ -243,7 +245,12 @@ impl LocalCluster {
         let started = Instant::now();
         std::thread::scope(|scope| {
             for node in self.nodes() {
-                scope.spawn(move || node.shutdown());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("stop-{}", node.name))
+                    .spawn_scoped(scope, move || node.shutdown());
+                if spawned.is_err() {
+                    node.shutdown();
+                }
             }
         });
         self.stopped = true;

@@ -198,9 +198,13 @@ impl Node {
         let child_running = guard
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !child_running {
+            // Exited (or never started): forget it; a server started some
+            // other way is still found through postmaster.pid.
+            *guard = None;
+        }
         let file_pid = self.postmaster_pid().filter(|&p| process::pid_alive(p));
         if !child_running && file_pid.is_none() {
-            *guard = None;
             return;
         }
         if let Err(e) = self.pg_ctl_stop("fast", 10) {
