@@ -2,6 +2,8 @@
 //! `switchyard` binary in front of it.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
