@@ -134,7 +134,7 @@ cleanup() {
     fi
     if (( rc != 0 )); then
         local f
-        for f in "$TMP"/demo.out "$TMP"/demo.err "$TMP"/pgbouncer.log "$TMP"/pgbench-*.out; do
+        for f in "$TMP"/demo.out "$TMP"/demo.err "$TMP"/pgbouncer.log "$TMP"/pgbouncer.stderr "$TMP"/pgbench-*.out; do
             [[ -s $f ]] || continue
             echo "--- tail of $f" >&2
             tail -n 20 "$f" >&2
@@ -265,7 +265,7 @@ chown switchyard-pg: "$TMP/pgbouncer.log"
 log "starting pgbouncer on 127.0.0.1:$PGB_PORT as switchyard-pg"
 # -u: starts as root, switches to switchyard-pg in the same process, so $! is
 # the pgbouncer process whose CPU we read.
-"$PGBOUNCER" -u switchyard-pg "$PGB_DIR/pgbouncer.ini" >>"$TMP/pgbouncer.log" 2>&1 &
+"$PGBOUNCER" -u switchyard-pg "$PGB_DIR/pgbouncer.ini" >"$TMP/pgbouncer.stderr" 2>&1 &
 PGB_PID=$!
 for (( i = 0; i < 100; i++ )); do
     port_in_use "$PGB_PORT" && break
@@ -337,4 +337,5 @@ table() {
 table select-only "Select-only (pgbench -S -c $CLIENTS -j $THREADS -T $DURATION -n)" -S
 table tpcb "TPC-B-like (pgbench -c $CLIENTS -j $THREADS -T $DURATION -n)"
 
+echo "Load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo "CPU-s = utime+stime of the proxy process during the measured run (/proc/PID/stat, CLK_TCK=$CLK_TCK)."

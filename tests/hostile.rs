@@ -98,3 +98,20 @@ async fn bad_frames_after_login_end_only_that_session() {
     let row = healthy.query_one("SELECT 2", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_client_is_dropped_after_the_startup_timeout() {
+    let h = Harness::with(support::spec(), "startup_timeout = \"1s\"");
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    // Half a startup packet, then silence.
+    stream.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut reply);
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("closed by the proxy")
+        .unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(sqlstate(&reply).as_deref(), Some("08006"));
+}
