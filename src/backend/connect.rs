@@ -35,6 +35,14 @@ pub struct ServerConnection {
     pub startup_messages: BytesMut,
     /// Bytes the server sent after its first ReadyForQuery (normally none).
     pub pending: BytesMut,
+    /// When the connection was opened (for `pool.max_lifetime`).
+    pub created: std::time::Instant,
+    /// Internal prepared statements present on this connection, by the
+    /// hash that names them (transaction pooling).
+    pub prepared: std::collections::HashSet<u64>,
+    /// Fingerprint of the session settings applied on this connection;
+    /// 0 means the server defaults (transaction pooling).
+    pub settings_fingerprint: u64,
 }
 
 /// Connects to `addr` and logs in with the client's startup `params`
@@ -126,6 +134,9 @@ impl<'a> Login<'a> {
                         secret,
                         startup_messages,
                         pending: self.buf,
+                        created: std::time::Instant::now(),
+                        prepared: std::collections::HashSet::new(),
+                        settings_fingerprint: 0,
                     });
                 }
                 // NegotiateProtocolVersion: the server speaks an older minor; nothing to do.
