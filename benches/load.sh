@@ -337,5 +337,4 @@ table() {
 table select-only "Select-only (pgbench -S -c $CLIENTS -j $THREADS -T $DURATION -n)" -S
 table tpcb "TPC-B-like (pgbench -c $CLIENTS -j $THREADS -T $DURATION -n)"
 
-echo "Load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo "CPU-s = utime+stime of the proxy process during the measured run (/proc/PID/stat, CLK_TCK=$CLK_TCK)."

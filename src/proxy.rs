@@ -12,7 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::listener::{accept_loop, cancel::CancelRegistry};
+use crate::pool::Pools;
 use crate::session::Credentials;
+use crate::session::transaction::Catalogs;
+use crate::session::transaction::pins::PinCounters;
 
 /// The configuration in force and what is derived from it, swapped as a whole.
 #[derive(Debug)]
@@ -30,6 +33,12 @@ pub struct Shared {
     pub settings: ArcSwap<Settings>,
     /// Cancel keys of live sessions.
     pub cancels: Arc<CancelRegistry>,
+    /// Server connection pools (transaction pooling).
+    pub pools: Pools,
+    /// Pins by reason.
+    pub pins: PinCounters,
+    /// What is known about each pool's statements and greetings.
+    pub catalogs: Catalogs,
 }
 
 /// The two stages of shutdown, observed by the listener and every session.
@@ -75,6 +84,9 @@ impl Proxy {
                 credentials,
             }),
             cancels: Arc::new(CancelRegistry::default()),
+            pools: Pools::default(),
+            pins: PinCounters::default(),
+            catalogs: Catalogs::default(),
         });
         Ok(Self { listener, shared })
     }

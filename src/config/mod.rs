@@ -25,6 +25,8 @@ pub struct Config {
     pub patroni: PatroniConfig,
     /// CloudNativePG control plane (topology = "kubernetes").
     pub kubernetes: KubernetesConfig,
+    /// Server connection pools (transaction pooling).
+    pub pool: PoolConfig,
     /// Client-facing TLS.
     pub tls: TlsConfig,
     /// Users clients may log in as.
@@ -64,6 +66,42 @@ impl Default for ServerConfig {
             startup_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[pool]`: per (node, database, user) server connection pools, used when
+/// `server.pool_mode = "transaction"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Connections each pool keeps open even when idle.
+    pub min_size: usize,
+    /// Most connections a pool opens.
+    pub max_size: usize,
+    /// Longest a transaction waits for a connection before failing with 53300.
+    #[serde(with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    /// Idle connections beyond `min_size` are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections are closed once this old (at their next checkin).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// A connection idle longer than this is checked with a round trip before use.
+    #[serde(with = "humantime_serde")]
+    pub health_check_after: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_size: 0,
+            max_size: 20,
+            checkout_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            health_check_after: Duration::from_secs(30),
         }
     }
 }
@@ -221,10 +259,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_addr("server.listen", &self.server.listen)?;
         parse_addr("server.admin_listen", &self.server.admin_listen)?;
-        if self.server.pool_mode == PoolMode::Transaction {
+        if self.pool.max_size == 0 {
+            return Err(ConfigError::invalid("pool.max_size", "must be at least 1"));
+        }
+        if self.pool.min_size > self.pool.max_size {
             return Err(ConfigError::invalid(
-                "server.pool_mode",
-                "\"transaction\" is not available in this version; use \"session\"",
+                "pool.min_size",
+                "must not exceed pool.max_size",
             ));
         }
         if self.server.max_message_size < 8192 {

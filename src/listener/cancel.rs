@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,13 +34,16 @@ pub struct ClientKey {
     pub secret: i32,
 }
 
+/// A live session's secret and where its cancels go now.
+type LiveKey = (i32, Arc<ArcSwap<CancelTarget>>);
+
 /// Live sessions' cancel keys.
 ///
 /// A mutex, because it is touched only when a session starts or ends and
 /// when a CancelRequest arrives, never per message.
 #[derive(Debug)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, (i32, CancelTarget)>>,
+    sessions: Mutex<HashMap<i32, LiveKey>>,
     next_pid: AtomicU32,
 }
 
@@ -57,12 +61,24 @@ impl Default for CancelRegistry {
 pub struct Registration {
     registry: Arc<CancelRegistry>,
     key: ClientKey,
+    target: Arc<ArcSwap<CancelTarget>>,
 }
 
 impl Registration {
     /// The key to send the client.
     pub fn key(&self) -> ClientKey {
         self.key
+    }
+
+    /// Points the key at another server connection (transaction pooling
+    /// moves a client between connections); lock-free.
+    pub fn retarget(&self, target: CancelTarget) {
+        self.target.store(Arc::new(target));
+    }
+
+    /// The server connection the key currently points at.
+    pub fn target(&self) -> Arc<CancelTarget> {
+        self.target.load_full()
     }
 }
 
@@ -73,7 +89,7 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (i32, CancelTarget)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, LiveKey>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (single inserts and removes), so a poisoned lock is still usable.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
@@ -89,10 +105,12 @@ impl CancelRegistry {
                 break candidate;
             }
         };
-        sessions.insert(pid, (secret, target));
+        let target = Arc::new(ArcSwap::from_pointee(target));
+        sessions.insert(pid, (secret, Arc::clone(&target)));
         Registration {
             registry: Arc::clone(self),
             key: ClientKey { pid, secret },
+            target,
         }
     }
 
@@ -100,7 +118,7 @@ impl CancelRegistry {
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
         let sessions = self.lock();
         let (expected, target) = sessions.get(&pid)?;
-        (secret == expected.to_be_bytes()).then(|| target.clone())
+        (secret == expected.to_be_bytes()).then(|| target.load().as_ref().clone())
     }
 }
 

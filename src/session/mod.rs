@@ -6,6 +6,7 @@ mod error;
 mod relay;
 mod scram;
 mod startup;
+pub mod transaction;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +67,13 @@ pub async fn serve(
     };
 
     let server_config = &settings.config.server;
+    if server_config.pool_mode == crate::config::PoolMode::Transaction {
+        let password = credential.password.clone();
+        let shared = Arc::clone(&shared);
+        let settings = Arc::clone(&settings);
+        transaction::serve(client, shared, settings, params, password, buf, shutdown).await;
+        return;
+    }
     let primary = settings.config.primary();
     let server = backend::connect(
         primary,

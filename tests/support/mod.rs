@@ -54,7 +54,10 @@ impl ProxyProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("--config")
             .arg(&config_path)
-            .env("SWITCHYARD_LOG", "debug")
+            .env(
+                "SWITCHYARD_LOG",
+                std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

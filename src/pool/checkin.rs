@@ -1,0 +1,53 @@
+//! Taking connections back: to the idle stack, or closed.
+
+use std::sync::atomic::Ordering;
+
+use super::Pool;
+use super::health::{self, HealthError};
+use super::lifecycle::CloseReason;
+use super::stats::bump;
+use crate::backend::ServerConnection;
+
+impl Pool {
+    /// A checked-out connection comes back idle: onto the idle stack,
+    /// unless it has reached `max_lifetime` or holds unread server bytes.
+    pub(super) fn checkin_connection(&self, conn: ServerConnection) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        if conn.created.elapsed() >= self.settings.max_lifetime {
+            self.close(conn, CloseReason::Lifetime);
+        } else if !conn.pending.is_empty() {
+            // Not idle after all: whatever those bytes are, the next
+            // transaction must not read them.
+            let unread = HealthError::UnexpectedData(conn.pending.len());
+            self.close(conn, CloseReason::Broken(unread));
+        } else {
+            self.idle.push(conn);
+        }
+    }
+
+    /// A checked-out connection in an unknown state: closed.
+    pub(super) fn discard_connection(&self, conn: ServerConnection) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.close(conn, CloseReason::Discarded);
+    }
+
+    /// Closes a connection that holds a unit of `open`, and gives it back.
+    pub(super) fn close(&self, conn: ServerConnection, reason: CloseReason) {
+        self.retire(conn, reason);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts, logs and closes `conn`; the caller settles `open`.
+    pub(super) fn retire(&self, conn: ServerConnection, reason: CloseReason) {
+        bump(reason.counter(&self.counters));
+        match &reason {
+            CloseReason::Broken(_) => {
+                tracing::info!(pool = %self.key, pid = conn.pid, %reason, "closing server connection");
+            }
+            _ => {
+                tracing::debug!(pool = %self.key, pid = conn.pid, %reason, "closing server connection");
+            }
+        }
+        health::terminate(conn);
+    }
+}

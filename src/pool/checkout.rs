@@ -1,0 +1,140 @@
+//! Handing out a connection: wait for a slot, reuse a healthy idle
+//! connection or open a new one.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::idle::IdleConnection;
+use super::lifecycle::CloseReason;
+use super::parameters::parameter_status_frames;
+use super::slot::OpenSlot;
+use super::stats::{Waiting, bump};
+use super::{Pool, PoolError, PooledConnection, health};
+use crate::backend::{self, BackendError, ServerConnection};
+
+/// Longest the empty-query round trip of a health check may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Pool {
+    /// A connection of this pool, idle and logged in, for one transaction.
+    ///
+    /// Waits (first come, first served) up to `checkout_timeout` when
+    /// `max_size` connections are checked out. A reused connection has
+    /// passed a liveness check (and a round trip to the server when it was
+    /// idle for `health_check_after`); a new one is opened with only `user`
+    /// and `database` set.
+    ///
+    /// Cancel-safe: dropping the future frees whatever it had reserved.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, PoolError> {
+        let started = Instant::now();
+        let permit = self.acquire_permit().await?;
+        let conn = self.take_or_open(started).await?;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        bump(&self.counters.checkouts);
+        Ok(PooledConnection::new(conn, Arc::clone(self), permit))
+    }
+
+    async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, PoolError> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = Waiting::enter(&self.waiting);
+        let wait = Arc::clone(&self.permits).acquire_owned();
+        match tokio::time::timeout(self.settings.checkout_timeout, wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; count it as a timeout anyway.
+            Ok(Err(_)) | Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn timed_out(&self) -> PoolError {
+        bump(&self.counters.checkout_timeouts);
+        let waited = self.settings.checkout_timeout;
+        tracing::warn!(pool = %self.key, ?waited, "checkout timed out: pool exhausted");
+        PoolError::CheckoutTimeout {
+            pool: self.key.clone(),
+            waited,
+        }
+    }
+
+    /// With a permit in hand: the first idle connection that passes its
+    /// checks, else a new one.
+    async fn take_or_open(&self, started: Instant) -> Result<ServerConnection, PoolError> {
+        loop {
+            if let Some(conn) = self.take_idle().await {
+                return Ok(conn);
+            }
+            if let Some(slot) = OpenSlot::reserve(&self.open, self.settings.max_size) {
+                let conn = self.connect().await?;
+                slot.keep();
+                return Ok(conn);
+            }
+            // Every unit of `open` is taken yet nothing is idle: the reaper
+            // has taken expired connections off the idle stack and is
+            // closing them. Brief; look again rather than exceed max_size.
+            if started.elapsed() >= self.settings.checkout_timeout {
+                return Err(self.timed_out());
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Pops idle connections until one passes its checks; closes the rest.
+    async fn take_idle(&self) -> Option<ServerConnection> {
+        while let Some(mut idle) = self.idle.pop() {
+            // Owns the popped connection's unit of `open` until it is handed
+            // out, so a checkout cancelled mid health check gives it back.
+            let slot = OpenSlot::adopt(&self.open);
+            match self.validate(&mut idle).await {
+                Ok(()) => {
+                    slot.keep();
+                    return Some(idle.conn);
+                }
+                // `slot` drops at the end of this arm: the unit is given back.
+                Err(reason) => self.retire(idle.conn, reason),
+            }
+        }
+        None
+    }
+
+    async fn validate(&self, idle: &mut IdleConnection) -> Result<(), CloseReason> {
+        if idle.conn.created.elapsed() >= self.settings.max_lifetime {
+            return Err(CloseReason::Lifetime);
+        }
+        health::check_alive(&idle.conn).map_err(CloseReason::Broken)?;
+        if idle.since.elapsed() >= self.settings.health_check_after {
+            health::ping(&mut idle.conn, PING_TIMEOUT)
+                .await
+                .map_err(CloseReason::Broken)?;
+        }
+        Ok(())
+    }
+
+    /// Opens and logs in a new connection with the pool's user, database
+    /// and password. The caller has reserved its unit of `open`.
+    pub(super) async fn connect(&self) -> Result<ServerConnection, BackendError> {
+        let params = [
+            ("user".to_owned(), self.key.user.clone()),
+            ("database".to_owned(), self.key.database.clone()),
+        ];
+        let password = self.password.as_deref();
+        let timeout = self.settings.connect_timeout;
+        match backend::connect(&self.key.node, &params, password, timeout).await {
+            Ok(conn) => {
+                bump(&self.counters.connects);
+                self.server_parameters
+                    .get_or_init(|| parameter_status_frames(&conn.startup_messages));
+                tracing::debug!(pool = %self.key, pid = conn.pid, "opened server connection");
+                Ok(conn)
+            }
+            Err(error) => {
+                bump(&self.counters.connect_errors);
+                tracing::debug!(pool = %self.key, %error, "could not open server connection");
+                Err(error)
+            }
+        }
+    }
+}

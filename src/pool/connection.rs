@@ -1,0 +1,104 @@
+//! A server connection on loan from a pool.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Pool;
+use crate::backend::ServerConnection;
+
+/// A server connection checked out of a [`Pool`]; derefs to the
+/// [`ServerConnection`].
+///
+/// When handed out it is logged in and idle (last ReadyForQuery 'I', no
+/// unread bytes), and the server had neither closed it nor sent anything
+/// on it while it waited in the pool, as far as the runtime has seen.
+///
+/// Give it back with [`checkin`](Self::checkin) when it is idle again, or
+/// [`discard`](Self::discard) when its state is unknown. Dropping it
+/// without either discards it: an unfinished transaction never reaches the
+/// next session.
+pub struct PooledConnection {
+    /// Present from checkout until checkin, discard or drop.
+    conn: Option<ServerConnection>,
+    pool: Arc<Pool>,
+    /// Released after `conn` is back in the pool or closed (fields drop
+    /// after `Drop::drop` has run), so a waiter woken by it finds the slot.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConnection {
+    pub(super) fn new(
+        conn: ServerConnection,
+        pool: Arc<Pool>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            conn: Some(conn),
+            pool,
+            _permit: permit,
+        }
+    }
+
+    /// The pool this connection belongs to.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns the connection to the pool for reuse. The caller vouches
+    /// that it is idle (ReadyForQuery 'I' was the last message) with no
+    /// session state left that the next user must not see. A connection
+    /// past `max_lifetime` is closed instead.
+    pub fn checkin(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.checkin_connection(conn);
+        }
+    }
+
+    /// Closes the connection (its state is broken or unknown) and frees
+    /// its slot in the pool.
+    pub fn discard(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.discard_connection(conn);
+        }
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.discard_connection(conn);
+        }
+    }
+}
+
+impl Deref for PooledConnection {
+    type Target = ServerConnection;
+
+    fn deref(&self) -> &ServerConnection {
+        // Invariant: only checkin, discard and drop take the connection,
+        // and the first two consume `self`.
+        self.conn
+            .as_ref()
+            .expect("a PooledConnection holds its connection until checkin, discard or drop")
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut ServerConnection {
+        self.conn
+            .as_mut()
+            .expect("a PooledConnection holds its connection until checkin, discard or drop")
+    }
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("pool", &self.pool.key())
+            .field("pid", &self.conn.as_ref().map(|c| c.pid))
+            .finish()
+    }
+}

@@ -1,0 +1,149 @@
+//! Pools of logged-in server connections, one per (node, database, user),
+//! for transaction pooling: a session checks a connection out when a
+//! transaction starts and checks it back in at ReadyForQuery 'I'.
+//!
+//! How a pool stays within `max_size`:
+//! - A [`Semaphore`] with `max_size` permits orders the checkouts: a
+//!   checkout first waits (FIFO, bounded by `checkout_timeout`) for a
+//!   permit and holds it for as long as it holds its connection.
+//! - With a permit, it takes the most recently used idle connection,
+//!   checking it first (see [`PooledConnection`] for what "checked"
+//!   means), or opens a new one.
+//! - An atomic count of open connections (idle, checked out, being opened)
+//!   is the hard bound: a connection is only opened after reserving a unit
+//!   of it below `max_size`.
+//! - A permit is released only once its connection is back on the idle
+//!   stack or closed, so the waiter it wakes finds an idle connection or a
+//!   free unit. The reaper opens `min_size` connections only with permits
+//!   nobody is waiting for.
+//!
+//! Nothing here is global: each pool has its own semaphore, counters and
+//! idle stack, and [`Pools`] (the registry) is touched only at session
+//! login. A background reaper per pool closes connections past
+//! `idle_timeout` or `max_lifetime`, drops dead ones and keeps `min_size`
+//! open.
+
+mod checkin;
+mod checkout;
+mod connection;
+mod error;
+mod health;
+mod idle;
+mod key;
+mod lifecycle;
+mod parameters;
+mod reaper;
+mod registry;
+mod settings;
+mod slot;
+mod stats;
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+pub use connection::PooledConnection;
+pub use error::PoolError;
+pub use key::PoolKey;
+pub use registry::Pools;
+pub use settings::PoolSettings;
+pub use stats::PoolStats;
+
+use idle::IdleList;
+use stats::{Counters, Gauges};
+
+/// The server connections of one (node, database, user).
+pub struct Pool {
+    key: PoolKey,
+    password: Option<String>,
+    settings: PoolSettings,
+    /// `max_size` permits; a checkout holds one while it holds a connection.
+    permits: Arc<Semaphore>,
+    idle: IdleList,
+    /// Connections open: idle, checked out, or being opened.
+    open: AtomicUsize,
+    /// Connections checked out.
+    active: AtomicUsize,
+    /// Checkouts waiting for a permit.
+    waiting: AtomicUsize,
+    counters: Counters,
+    /// ParameterStatus frames of the first connection opened.
+    server_parameters: OnceLock<Bytes>,
+}
+
+impl Pool {
+    /// A pool for `key` that logs in with `password` (if the server asks).
+    ///
+    /// Opens nothing itself; its reaper task (spawned here on the current
+    /// Tokio runtime, ending when the pool is dropped) opens `min_size`
+    /// connections in the background. Outside a runtime there is no
+    /// reaper: connections are then only closed on checkin or when found
+    /// expired at checkout.
+    pub fn new(key: PoolKey, password: Option<String>, settings: PoolSettings) -> Arc<Self> {
+        let settings = settings.normalized();
+        let pool = Arc::new(Self {
+            key,
+            password,
+            permits: Arc::new(Semaphore::new(settings.max_size)),
+            settings,
+            idle: IdleList::default(),
+            open: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            counters: Counters::default(),
+            server_parameters: OnceLock::new(),
+        });
+        reaper::spawn(&pool);
+        pool
+    }
+
+    /// Which pool this is.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The settings in effect (normalized: `1 <= max_size`,
+    /// `min_size <= max_size`).
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// The pool's gauges and counters now.
+    pub fn stats(&self) -> PoolStats {
+        self.counters.snapshot(Gauges {
+            idle: self.idle.len(),
+            active: self.active.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The ParameterStatus frames (tag and length included) a fresh
+    /// connection of this pool reported at login: the server defaults to
+    /// greet clients with. `None` until the pool has opened a connection.
+    pub fn server_parameters(&self) -> Option<Bytes> {
+        self.server_parameters.get().cloned()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not derived: the password stays out of logs.
+        f.debug_struct("Pool")
+            .field("key", &self.key)
+            .field("settings", &self.settings)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for idle in self.idle.take_all() {
+            health::terminate(idle.conn);
+        }
+    }
+}

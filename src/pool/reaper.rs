@@ -1,0 +1,103 @@
+//! The background task of each pool: closes idle connections that expired
+//! or died, and keeps `min_size` connections open.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::time::MissedTickBehavior;
+
+use super::idle::IdleConnection;
+use super::lifecycle::{CloseReason, expiry};
+use super::slot::OpenSlot;
+use super::{Pool, health};
+
+/// Starts the reaper of `pool` on the current Tokio runtime, if any. It
+/// holds only a weak reference between passes, so it ends once the pool
+/// is dropped.
+pub(super) fn spawn(pool: &Arc<Pool>) {
+    let interval = pool.settings.reaper_interval();
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(run(Arc::downgrade(pool), interval));
+        }
+        Err(_) => {
+            tracing::warn!(pool = %pool.key, "no Tokio runtime: pool has no reaper");
+        }
+    }
+}
+
+async fn run(pool: Weak<Pool>, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        // The first tick is immediate: `min_size` is opened right away.
+        ticker.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.reap();
+        pool.refill().await;
+    }
+}
+
+impl Pool {
+    /// Closes idle connections past `max_lifetime`, dead ones, and those
+    /// past `idle_timeout` as long as `min_size` stay open.
+    pub(super) fn reap(&self) {
+        let open = self.open.load(Ordering::Acquire);
+        let mut spare = open.saturating_sub(self.settings.min_size);
+        // The liveness probe runs under the idle lock: it is one
+        // non-blocking recv per idle connection, once per reaper pass.
+        let closing = self
+            .idle
+            .extract(|idle| self.reap_verdict(idle, &mut spare));
+        for (idle, reason) in closing {
+            self.close(idle.conn, reason);
+        }
+    }
+
+    fn reap_verdict(&self, idle: &IdleConnection, spare: &mut usize) -> Option<CloseReason> {
+        let expired = expiry(
+            idle.conn.created.elapsed(),
+            idle.since.elapsed(),
+            &self.settings,
+        );
+        let reason = match expired {
+            Some(CloseReason::Idle) if *spare == 0 => None,
+            other => other,
+        }
+        .or_else(|| {
+            health::check_alive(&idle.conn)
+                .err()
+                .map(CloseReason::Broken)
+        });
+        if reason.is_some() {
+            *spare = spare.saturating_sub(1);
+        }
+        reason
+    }
+
+    /// Opens connections until `min_size` are open. Never competes with
+    /// checkouts: it only uses a permit nobody is waiting for, and stops at
+    /// the first failure (the next pass tries again).
+    pub(super) async fn refill(&self) {
+        while self.open.load(Ordering::Acquire) < self.settings.min_size {
+            let Ok(_permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                return;
+            };
+            let Some(slot) = OpenSlot::reserve(&self.open, self.settings.min_size) else {
+                return;
+            };
+            match self.connect().await {
+                Ok(conn) => {
+                    slot.keep();
+                    self.idle.push(conn);
+                }
+                Err(error) => {
+                    tracing::warn!(pool = %self.key, %error, "could not open a min_size connection");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! All pools of the proxy, by key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::{Pool, PoolKey, PoolSettings};
+
+/// The registry of pools: one [`Pool`] per [`PoolKey`], created on first
+/// use.
+///
+/// A std mutex around a `HashMap` is enough: sessions look their pool up
+/// once, at login, and keep the `Arc<Pool>`; checkout and checkin never
+/// touch the registry. Nothing awaits while the lock is held.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pool for `key`, created with `password` and `settings` if it
+    /// does not exist yet. An existing pool keeps the password and
+    /// settings it was created with.
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        password: Option<String>,
+        settings: PoolSettings,
+    ) -> Arc<Pool> {
+        let mut pools = self.lock();
+        if let Some(pool) = pools.get(&key) {
+            return Arc::clone(pool);
+        }
+        let pool = Pool::new(key.clone(), password, settings);
+        pools.insert(key, Arc::clone(&pool));
+        pool
+    }
+
+    /// The pool for `key`, if it exists.
+    pub fn get(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Every pool, for stats and the admin console (in no particular order).
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.lock().values().cloned().collect()
+    }
+
+    // Inserting into a HashMap cannot be left half done by a panic, so a
+    // poisoned lock still guards a valid map.
+    fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn same_key_same_pool_other_key_other_pool() {
+        let pools = Pools::new();
+        let key = PoolKey::new("127.0.0.1:1", "appdb", "app");
+        let a = pools.get_or_create(key.clone(), None, PoolSettings::default());
+        let b = pools.get_or_create(key.clone(), Some("x".into()), PoolSettings::default());
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = PoolKey::new("127.0.0.1:1", "appdb", "reporting");
+        let c = pools.get_or_create(other, None, PoolSettings::default());
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(pools.all().len(), 2);
+        assert!(pools.get(&key).is_some_and(|p| Arc::ptr_eq(&p, &a)));
+    }
+}

@@ -1,0 +1,23 @@
+//! The router: decides what a query needs before it is sent anywhere.
+//!
+//! Everything here works from a cheap lexer ([`lexer`]) rather than a SQL
+//! parser, because it runs for every query on the hot path: no allocation,
+//! no failure, a few hundred nanoseconds for a typical statement.
+//!
+//! - [`lexer`]: tokens and statements of a query, quotes, dollar quotes and
+//!   comments understood.
+//! - [`effects`]: what a query does to session state that outlives its
+//!   transaction (session parameters, pins, releases), for transaction
+//!   pooling.
+
+mod classify;
+pub mod effects;
+mod flags;
+mod keyword;
+pub mod lexer;
+
+pub use effects::{
+    Flag, FlagSet, PinReason, PinSet, SessionEffects, StatementEffects, UnpinKind, UnpinSet,
+    session_effects, session_effects_bytes, session_effects_with, statement_effects,
+};
+pub use lexer::{LexOptions, Lexer, Statement, Statements, Token, TokenKind, statements};

@@ -1,0 +1,472 @@
+//! One stretch of a client's traffic on a borrowed server connection, from
+//! checkout to the next idle point (ReadyForQuery 'I' with nothing in
+//! flight and no pin).
+//!
+//! Unlike session mode, messages are handled one by one: named statements
+//! are renamed and re-prepared, and some replies are made up by the proxy
+//! (see [`super::tracker`]). Bytes are copied into reusable output buffers,
+//! never allocated per message; both directions are written as the peers
+//! accept them, so neither a slow client nor a busy server can deadlock the
+//! other, and each output buffer stops its input at [`HIGH_WATER`].
+
+use std::collections::HashSet;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::catalog::PoolCatalog;
+use super::pins::Pins;
+use super::statements::{self, ClientStatement, ClientStatements};
+use super::tracker::{Expect, ResponseTracker, Verdict};
+use crate::backend::ServerConnection;
+use crate::protocol::ProtocolError;
+use crate::protocol::frame::{HEADER_LEN, check_length};
+use crate::proxy::Shutdown;
+use crate::router::effects::{SessionEffects, UnpinKind, session_effects_bytes};
+
+/// Output beyond this stops reading the input that feeds it.
+pub const HIGH_WATER: usize = 64 * 1024;
+/// Server messages at least this large are streamed rather than buffered whole.
+const STREAM_THRESHOLD: usize = 32 * 1024;
+
+/// Why a stretch ended.
+#[derive(Debug)]
+pub enum StretchEnd {
+    /// Idle point reached: the connection can go back to the pool.
+    Idle,
+    /// Idle point reached while shutdown is draining.
+    IdleDraining,
+    /// The client sent Terminate.
+    Terminate,
+    /// The client's socket closed or failed.
+    ClientGone,
+    /// The client sent a frame that cannot be handled.
+    ClientProtocol(ProtocolError),
+    /// The server connection closed or failed.
+    ServerLost,
+    /// The server sent a frame that cannot be handled.
+    ServerProtocol(ProtocolError),
+    /// The shutdown timeout expired.
+    HardStop,
+}
+
+/// What a client session carries from one stretch to the next.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    /// The client's named statements.
+    pub statements: ClientStatements,
+    /// What pins the client to its connection.
+    pub pins: Pins,
+    /// A statement in this stretch may have changed session settings.
+    pub settings_dirty: bool,
+    /// Requests in flight.
+    pub tracker: ResponseTracker,
+    /// Bytes from the client not yet handled.
+    pub client_in: BytesMut,
+    /// Bytes for the client not yet written.
+    pub to_client: BytesMut,
+    /// An error the server sent while nothing was in flight.
+    pub lost_connection_error: Option<bytes::Bytes>,
+    /// An error owed to the client's next request (its connection died
+    /// between requests, taking its transaction or pinned state with it).
+    pub owed_error: Option<bytes::Bytes>,
+    /// Newly pinned for this reason (for counting and logging).
+    pub new_pin: Option<crate::router::effects::PinReason>,
+}
+
+/// Per-stretch scratch state.
+struct Stretch<'a> {
+    state: &'a mut ClientState,
+    catalog: &'a PoolCatalog,
+    prepared: &'a mut HashSet<u64>,
+    to_server: BytesMut,
+    server_in: BytesMut,
+    server_streaming: usize,
+    at_ready: bool,
+    status: u8,
+    limit: usize,
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    Draining,
+    HardStop,
+}
+
+/// Relays until the next idle point (or the end of the session).
+pub async fn run(
+    client: &mut TcpStream,
+    conn: &mut ServerConnection,
+    state: &mut ClientState,
+    catalog: &PoolCatalog,
+    limit: usize,
+    shutdown: &Shutdown,
+) -> StretchEnd {
+    let (draining, hard_stop) = (&shutdown.draining, &shutdown.hard_stop);
+    let ServerConnection {
+        stream,
+        prepared,
+        pending,
+        ..
+    } = conn;
+    let mut stretch = Stretch {
+        state,
+        catalog,
+        prepared,
+        to_server: BytesMut::with_capacity(8 * 1024),
+        server_in: std::mem::take(pending),
+        server_streaming: 0,
+        at_ready: true,
+        status: b'I',
+        limit,
+    };
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = stream.split();
+    let mut drain_seen = false;
+    loop {
+        match stretch.handle_client() {
+            Ok(true) => {}
+            Ok(false) => return StretchEnd::Terminate,
+            Err(error) => return StretchEnd::ClientProtocol(error),
+        }
+        if let Err(error) = stretch.handle_server() {
+            return StretchEnd::ServerProtocol(error);
+        }
+        let idle = stretch.at_idle_point();
+        if idle && !stretch.state.pins.is_pinned() {
+            return StretchEnd::Idle;
+        }
+        if idle && drain_seen {
+            return StretchEnd::IdleDraining;
+        }
+        reserve(&mut stretch.state.client_in);
+        reserve(&mut stretch.server_in);
+        let s = &mut stretch;
+        let event = tokio::select! {
+            biased;
+            () = hard_stop.cancelled() => Event::HardStop,
+            () = draining.cancelled(), if !drain_seen => Event::Draining,
+            r = client_write.write(&s.state.to_client), if !s.state.to_client.is_empty() => Event::ClientWrote(r),
+            r = server_write.write(&s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
+            r = server_read.read_buf(&mut s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
+            r = client_read.read_buf(&mut s.state.client_in), if s.to_server.len() < HIGH_WATER => Event::ClientRead(r),
+        };
+        match event {
+            Event::HardStop => return StretchEnd::HardStop,
+            Event::Draining => drain_seen = true,
+            Event::ClientWrote(Ok(n)) if n > 0 => stretch.state.to_client.advance(n),
+            Event::ServerWrote(Ok(n)) if n > 0 => stretch.to_server.advance(n),
+            Event::ClientRead(Ok(n)) if n > 0 => {}
+            Event::ServerRead(Ok(n)) if n > 0 => {}
+            Event::ClientWrote(_) | Event::ClientRead(_) => return StretchEnd::ClientGone,
+            Event::ServerWrote(_) | Event::ServerRead(_) => {
+                // Keep what the server said last (e.g. its FATAL) for the client.
+                let _ = stretch.handle_server();
+                return StretchEnd::ServerLost;
+            }
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+}
+
+/// Length of the complete frame at the front of `buf`, if there is one.
+fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize)>, ProtocolError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let body = check_length(u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]), limit)?;
+    Ok((buf.len() >= HEADER_LEN + body).then_some((buf[0], HEADER_LEN + body)))
+}
+
+impl Stretch<'_> {
+    fn at_idle_point(&self) -> bool {
+        self.at_ready
+            && self.status == b'I'
+            && self.state.tracker.is_empty()
+            && self.state.client_in.is_empty()
+            && self.state.to_client.is_empty()
+            && self.to_server.is_empty()
+            && self.server_in.is_empty()
+            && self.server_streaming == 0
+    }
+
+    /// Handles every complete client frame; `Ok(false)` on Terminate.
+    fn handle_client(&mut self) -> Result<bool, ProtocolError> {
+        // Taken out so frames can be read in place while the rest of the
+        // state is updated; put back (minus what was handled) below.
+        let mut input = std::mem::take(&mut self.state.client_in);
+        let mut pos = 0;
+        let result = loop {
+            let (tag, len) = match complete_frame(&input[pos..], self.limit) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(true),
+                Err(error) => break Err(error),
+            };
+            if tag == b'X' {
+                pos += len;
+                break Ok(false);
+            }
+            if let Err(error) = self.client_frame(tag, &input[pos..pos + len]) {
+                break Err(error);
+            }
+            pos += len;
+            self.release_replies();
+        };
+        input.advance(pos);
+        self.state.client_in = input;
+        result
+    }
+
+    fn client_frame(&mut self, tag: u8, frame: &[u8]) -> Result<(), ProtocolError> {
+        let body = &frame[HEADER_LEN..];
+        if tag != b'H' {
+            self.at_ready = false;
+        }
+        let expect = match tag {
+            b'Q' => {
+                let sql = body.strip_suffix(b"\0").unwrap_or(body);
+                self.note_effects(&session_effects_bytes(sql));
+                Some(Expect::Ready)
+            }
+            b'P' => return self.client_parse(frame),
+            b'B' => return self.client_bind(frame),
+            b'D' => return self.client_describe(frame),
+            b'C' => return self.client_close(frame),
+            b'E' => Some(Expect::Execute),
+            b'S' | b'F' => Some(Expect::Ready),
+            _ => None,
+        };
+        self.to_server.extend_from_slice(frame);
+        if let Some(expect) = expect {
+            self.state.tracker.push(expect);
+        }
+        Ok(())
+    }
+
+    fn note_effects(&mut self, effects: &SessionEffects) {
+        if effects.sets_session_state {
+            self.state.settings_dirty = true;
+        }
+        if effects.unpins.contains(UnpinKind::DiscardAll)
+            || effects.unpins.contains(UnpinKind::DeallocateAll)
+        {
+            // The server drops every prepared statement, ours included.
+            self.prepared.clear();
+            self.state.statements.clear();
+            self.state.settings_dirty = true;
+        }
+        if let Some(reason) = self.state.pins.apply(effects) {
+            self.state.new_pin = Some(reason);
+        }
+    }
+
+    fn client_parse(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
+        let parse = statements::read_parse(&frame[HEADER_LEN..])?;
+        let effects = session_effects_bytes(parse.query);
+        if parse.name.is_empty() {
+            self.note_effects(&effects);
+            self.to_server.extend_from_slice(frame);
+            self.state.tracker.push(Expect::Parse(0));
+            return Ok(());
+        }
+        let internal = statements::definition_hash(parse.definition);
+        let statement = ClientStatement {
+            internal,
+            definition: bytes::Bytes::copy_from_slice(parse.definition),
+            pins: !effects.pins.is_empty(),
+            sets_session_state: effects.sets_session_state,
+        };
+        self.state.statements.define(parse.name, statement);
+        if self.prepared.contains(&internal) {
+            self.state
+                .tracker
+                .push(Expect::Reply(super::tracker::Synthetic::ParseComplete));
+        } else {
+            statements::write_parse(&mut self.to_server, internal, parse.definition);
+            self.prepared.insert(internal);
+            self.state.tracker.push(Expect::Parse(internal));
+        }
+        Ok(())
+    }
+
+    /// Makes sure the server has the client's statement `name`; returns its hash.
+    fn ensure_prepared(&mut self, name: &[u8]) -> Option<u64> {
+        let statement = self.state.statements.get(name)?;
+        let (internal, pins, sets) = (
+            statement.internal,
+            statement.pins,
+            statement.sets_session_state,
+        );
+        if !self.prepared.contains(&internal) {
+            statements::write_parse(&mut self.to_server, internal, &statement.definition);
+            self.prepared.insert(internal);
+            self.state.tracker.push(Expect::InjectedParse(internal));
+        }
+        if sets {
+            self.state.settings_dirty = true;
+        }
+        if pins {
+            // The statement's text pins; re-read it for the exact reason.
+            let query = self
+                .state
+                .statements
+                .get(name)
+                .map(|s| s.definition.clone());
+            if let Some(definition) = query {
+                let text = definition.split(|&b| b == 0).next().unwrap_or_default();
+                self.note_effects(&session_effects_bytes(text));
+            }
+        }
+        Some(internal)
+    }
+
+    fn client_bind(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
+        let bind = statements::read_bind(&frame[HEADER_LEN..])?;
+        let named = !bind.statement.is_empty();
+        match named
+            .then(|| self.ensure_prepared(bind.statement))
+            .flatten()
+        {
+            Some(internal) => {
+                statements::write_bind(&mut self.to_server, bind.portal, internal, bind.rest)
+            }
+            // Unnamed, or unknown: the server's own error names the client's statement.
+            None => self.to_server.extend_from_slice(frame),
+        }
+        self.state.tracker.push(Expect::Bind);
+        Ok(())
+    }
+
+    fn client_describe(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
+        let (kind, name) = statements::read_target(&frame[HEADER_LEN..], "Describe")?;
+        let internal = (kind == b'S' && !name.is_empty())
+            .then(|| self.ensure_prepared(name))
+            .flatten();
+        match internal {
+            Some(internal) => statements::write_describe_statement(&mut self.to_server, internal),
+            None => self.to_server.extend_from_slice(frame),
+        }
+        self.state.tracker.push(Expect::Describe);
+        Ok(())
+    }
+
+    fn client_close(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
+        let (kind, name) = statements::read_target(&frame[HEADER_LEN..], "Close")?;
+        if kind == b'S' && !name.is_empty() {
+            // The server-side statement stays cached for other clients; closing
+            // a statement that does not exist is not an error in PostgreSQL.
+            self.state.statements.remove(name);
+            self.state
+                .tracker
+                .push(Expect::Reply(super::tracker::Synthetic::CloseComplete));
+            return Ok(());
+        }
+        self.to_server.extend_from_slice(frame);
+        self.state.tracker.push(Expect::Close);
+        Ok(())
+    }
+
+    /// Handles every complete (or streamable) server frame.
+    fn handle_server(&mut self) -> Result<(), ProtocolError> {
+        let mut input = std::mem::take(&mut self.server_in);
+        let result = self.server_frames(&mut input);
+        self.server_in = input;
+        result
+    }
+
+    fn server_frames(&mut self, input: &mut BytesMut) -> Result<(), ProtocolError> {
+        let mut pos = 0;
+        let result = loop {
+            let rest = &input[pos..];
+            if self.server_streaming > 0 {
+                let n = self.server_streaming.min(rest.len());
+                self.state.to_client.extend_from_slice(&rest[..n]);
+                pos += n;
+                self.server_streaming -= n;
+                if self.server_streaming > 0 {
+                    break Ok(());
+                }
+                continue;
+            }
+            if rest.len() < HEADER_LEN {
+                break Ok(());
+            }
+            let tag = rest[0];
+            let total = match check_length(
+                u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]),
+                self.limit,
+            ) {
+                Ok(body) => HEADER_LEN + body,
+                Err(error) => break Err(error),
+            };
+            if rest.len() < total {
+                if total >= STREAM_THRESHOLD && matches!(tag, b'D' | b'd') {
+                    // Rows and COPY data need no inspection: stream them.
+                    self.release_replies();
+                    self.server_streaming = total;
+                    continue;
+                }
+                break Ok(());
+            }
+            self.server_frame(tag, &rest[..total]);
+            pos += total;
+        };
+        input.advance(pos);
+        if let Some(header) = input.get(1..5) {
+            let wanted =
+                u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize + 1;
+            if self.server_streaming == 0 && wanted < STREAM_THRESHOLD {
+                input.reserve(wanted.saturating_sub(input.len()));
+            }
+        }
+        result
+    }
+
+    fn release_replies(&mut self) {
+        let state = &mut *self.state;
+        state
+            .tracker
+            .due_replies(|reply| state.to_client.extend_from_slice(reply.bytes()));
+    }
+
+    fn server_frame(&mut self, tag: u8, frame: &[u8]) {
+        self.release_replies();
+        if tag == b'E' && self.state.tracker.is_empty() {
+            // Nothing in flight: a FATAL on its way out (e.g. the backend
+            // was terminated). Relayed now it would close the client; the
+            // client learns of it with its next request instead.
+            self.state.lost_connection_error = Some(bytes::Bytes::copy_from_slice(frame));
+            return;
+        }
+        let verdict = self.state.tracker.on_server_message(tag);
+        if let Some(parsed) = self.state.tracker.take_completed_parse() {
+            self.catalog.mark_valid(parsed);
+        }
+        if let Some(failed) = self.state.tracker.take_failed_parse() {
+            self.prepared.remove(&failed);
+            self.state.statements.forget_internal(failed);
+        }
+        if tag == b'Z' {
+            self.at_ready = true;
+            self.status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
+        }
+        if verdict == Verdict::Forward {
+            let renamed = (tag == b'E')
+                .then(|| statements::rename_in_error(&frame[HEADER_LEN..], &self.state.statements))
+                .flatten();
+            self.state
+                .to_client
+                .extend_from_slice(renamed.as_deref().unwrap_or(frame));
+        }
+        self.release_replies();
+    }
+}
