@@ -31,7 +31,7 @@ pub fn run() -> ExitCode {
         }
     };
     let config = demo_config(&cluster);
-    let code = match tokio::runtime::Runtime::new() {
+    let code = match crate::proxy::runtime(config.server.worker_threads) {
         Ok(runtime) => runtime.block_on(serve(config, &cluster)),
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -53,6 +53,10 @@ fn demo_config(cluster: &LocalCluster) -> Config {
     Config {
         server: ServerConfig {
             listen: listen.into(),
+            worker_threads: std::env::var("SWITCHYARD_SERVER_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             admin_listen: "127.0.0.1:9930".into(),
             ..ServerConfig::default()
         },

@@ -64,7 +64,7 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match switchyard::proxy::runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

@@ -144,3 +144,13 @@ pub async fn termination_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// The tokio runtime the proxy runs on: `worker_threads` threads, or one
+/// per core when 0.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}

@@ -54,6 +54,8 @@ pub struct ServerConfig {
     /// Time sessions get to finish after SIGTERM/SIGINT before they are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Threads serving clients; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             startup_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
+            worker_threads: 0,
         }
     }
 }
