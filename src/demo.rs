@@ -31,7 +31,7 @@ pub fn run() -> ExitCode {
         }
     };
     let config = demo_config(&cluster);
-    let code = match crate::proxy::runtime(config.server.worker_threads) {
+    let code = match crate::proxy::control_runtime() {
         Ok(runtime) => runtime.block_on(serve(config, &cluster)),
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -75,7 +75,7 @@ fn demo_config(cluster: &LocalCluster) -> Config {
 }
 
 async fn serve(config: Config, cluster: &LocalCluster) -> ExitCode {
-    let proxy = match Proxy::bind(config).await {
+    let proxy = match Proxy::bind(config) {
         Ok(proxy) => proxy,
         Err(error) => {
             eprintln!("error: {error}");

@@ -64,7 +64,7 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let runtime = match switchyard::proxy::runtime(config.server.worker_threads) {
+    let runtime = match switchyard::proxy::control_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -72,7 +72,7 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let proxy = match Proxy::bind(config).await {
+        let proxy = match Proxy::bind(config) {
             Ok(proxy) => proxy,
             Err(error) => {
                 eprintln!("error: {error}");

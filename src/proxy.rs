@@ -66,17 +66,31 @@ pub enum ProxyError {
 /// A proxy bound to its port, ready to run.
 #[derive(Debug)]
 pub struct Proxy {
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
 }
 
 impl Proxy {
-    /// Binds `server.listen` and derives credentials from `config`.
-    pub async fn bind(config: Config) -> Result<Self, ProxyError> {
+    /// Binds `server.listen` once per worker thread (SO_REUSEPORT, so the
+    /// kernel spreads new clients across the workers) and derives
+    /// credentials from `config`.
+    pub fn bind(config: Config) -> Result<Self, ProxyError> {
         let addr = config.server.listen.clone();
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ProxyError::Bind { addr, source })?;
+        let bind_error = |source| ProxyError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let requested: SocketAddr = addr
+            .parse()
+            .map_err(|_| bind_error(std::io::Error::other("not an ip:port address")))?;
+        let workers = worker_count(config.server.worker_threads);
+        let first = reuse_port_listener(requested).map_err(bind_error)?;
+        // Port 0 resolves on the first bind; the others share that port.
+        let resolved = first.local_addr().map_err(bind_error)?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(reuse_port_listener(resolved).map_err(bind_error)?);
+        }
         let credentials = Credentials::from_config(&config);
         let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(Settings {
@@ -88,31 +102,46 @@ impl Proxy {
             pins: PinCounters::default(),
             catalogs: Catalogs::default(),
         });
-        Ok(Self { listener, shared })
+        Ok(Self { listeners, shared })
     }
 
     /// The address clients connect to (useful when `listen` used port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
     }
 
     /// Serves clients until `stop` completes, then drains: no new clients,
     /// idle sessions close at once, busy ones at their next idle point, and
     /// whatever remains after `server.shutdown_timeout` is closed.
+    ///
+    /// Each worker thread runs its own single-threaded runtime with its own
+    /// listener: a session lives on one thread for its life, so the relay
+    /// never pays for cross-thread wake-ups or work stealing.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let shutdown = Shutdown::default();
         let sessions = TaskTracker::new();
         let timeout = self.shared.settings.load().config.server.shutdown_timeout;
-        let acceptor = tokio::spawn(accept_loop(
-            self.listener,
-            Arc::clone(&self.shared),
-            shutdown.clone(),
-            sessions.clone(),
-        ));
+        let mut workers = Vec::new();
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let worker = Worker {
+                listener,
+                shared: Arc::clone(&self.shared),
+                shutdown: shutdown.clone(),
+                sessions: sessions.clone(),
+            };
+            match std::thread::Builder::new()
+                .name(format!("switchyard-{index}"))
+                .spawn(move || worker.run())
+            {
+                Ok(handle) => workers.push(handle),
+                Err(error) => tracing::error!(%error, "cannot start a worker thread"),
+            }
+        }
         stop.await;
         tracing::info!(timeout = ?timeout, "shutting down");
         shutdown.draining.cancel();
-        let _ = acceptor.await;
+        // Accept loops see `draining` before their sessions can finish, so
+        // closing the tracker now cannot miss a session.
         sessions.close();
         if tokio::time::timeout(timeout, sessions.wait())
             .await
@@ -125,8 +154,62 @@ impl Proxy {
             shutdown.hard_stop.cancel();
             sessions.wait().await;
         }
+        for worker in workers {
+            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        }
         tracing::info!("shutdown complete");
     }
+}
+
+/// One worker thread's share of the proxy.
+struct Worker {
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    sessions: TaskTracker,
+}
+
+impl Worker {
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match TcpListener::from_std(self.listener) {
+                Ok(listener) => {
+                    accept_loop(listener, self.shared, self.shutdown, self.sessions.clone()).await;
+                }
+                Err(error) => tracing::error!(%error, "cannot register a listener"),
+            }
+            // Keep this thread's sessions running until every session is done.
+            self.sessions.wait().await;
+        });
+    }
+}
+
+fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -145,12 +228,10 @@ pub async fn termination_signal() {
     }
 }
 
-/// The tokio runtime the proxy runs on: `worker_threads` threads, or one
-/// per core when 0.
-pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if worker_threads > 0 {
-        builder.worker_threads(worker_threads);
-    }
-    builder.enable_all().build()
+/// The small runtime that runs the control side (signals, shutdown) while
+/// worker threads serve clients.
+pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
