@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load test: pgbench against PostgreSQL directly, through switchyard and
-# through PgBouncer (both in session mode), all in front of the same local
+# through PgBouncer (both in session mode, or both in transaction mode with
+# MODE=transaction), all in front of the same local
 # primary started by `switchyard demo`.
 #
 # Usage: benches/load.sh [DURATION_SECONDS=20] [CLIENTS=16]
@@ -18,10 +19,20 @@
 #   SWITCHYARD_BIN  switchyard binary (default: target/release/switchyard,
 #                   built with `cargo build --release` when missing)
 #   KEEP_TMP=1      keep the temporary directory (pgbench/pgbouncer/demo logs)
+#   MODE            session (default) or transaction: both proxies' pool mode
+#   POOL            server connections per pool in transaction mode (default 10)
+#   SWITCHYARD_SERVER_WORKER_THREADS  switchyard's worker threads (default:
+#                   one per core); any SWITCHYARD_* variable reaches the demo
 set -euo pipefail
 
 DURATION=${1:-20}
 CLIENTS=${2:-16}
+MODE=${MODE:-session}
+POOL=${POOL:-10}
+if [[ $MODE != session && $MODE != transaction ]]; then
+    echo "error: MODE must be session or transaction" >&2
+    exit 2
+fi
 THREADS=2
 WARMUP=3
 SCALE=10
@@ -195,7 +206,10 @@ run_pgbench() {
 
 # --- start the cluster and switchyard -------------------------------------
 
-log "starting switchyard demo ($BIN)"
+log "starting switchyard demo ($BIN, $MODE pooling)"
+if [[ $MODE == transaction ]]; then
+    export SWITCHYARD_SERVER_POOL_MODE=transaction SWITCHYARD_POOL_MAX_SIZE=$POOL
+fi
 "$BIN" demo >"$TMP/demo.out" 2>"$TMP/demo.err" &
 DEMO_PID=$!
 
@@ -236,6 +250,9 @@ PGB_PORT=$(free_port)
 PGB_DIR=$TMP/pgbouncer
 mkdir -p "$PGB_DIR"
 POOL_SIZE=$(( CLIENTS > 20 ? CLIENTS : 20 ))
+if [[ $MODE == transaction ]]; then
+    POOL_SIZE=$POOL
+fi
 MAX_CLIENT=$(( CLIENTS * 2 > 100 ? CLIENTS * 2 : 100 ))
 cat >"$PGB_DIR/userlist.txt" <<'EOF'
 "app" "app-secret"
@@ -250,7 +267,7 @@ listen_port = $PGB_PORT
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $PGB_DIR/userlist.txt
-pool_mode = session
+pool_mode = $MODE
 max_client_conn = $MAX_CLIENT
 default_pool_size = $POOL_SIZE
 logfile = $TMP/pgbouncer.log
@@ -288,6 +305,8 @@ echo "- kernel: $(uname -sr)"
 echo "- PostgreSQL: $SERVER_VERSION"
 echo "- PgBouncer: $("$PGBOUNCER" --version | head -n1)"
 echo "- switchyard: $("$BIN" --version 2>/dev/null || echo "$BIN")"
+echo "- pool mode: $MODE$( [[ $MODE == transaction ]] && echo ", pool of $POOL server connections" )"
+echo "- switchyard worker_threads: ${SWITCHYARD_SERVER_WORKER_THREADS:-0 (one per core)}"
 echo "- pgbench: $("$PGBENCH" --version), -c $CLIENTS -j $THREADS -T $DURATION -n, scale $SCALE, warm-up ${WARMUP} s per target"
 echo "- load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::process::ExitCode;
 
-use crate::config::{ClusterConfig, Config, ServerConfig, UserConfig};
+use crate::config::Config;
 use crate::proxy::{Proxy, termination_signal};
 use crate::testcluster::{ClusterSpec, LocalCluster};
 
@@ -30,7 +30,13 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = demo_config(&cluster);
+    let config = match demo_config(&cluster) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let code = match crate::proxy::control_runtime() {
         Ok(runtime) => runtime.block_on(serve(config, &cluster)),
         Err(error) => {
@@ -43,35 +49,27 @@ pub fn run() -> ExitCode {
     code
 }
 
-fn demo_config(cluster: &LocalCluster) -> Config {
+fn demo_config(cluster: &LocalCluster) -> Result<Config, crate::config::ConfigError> {
     // The documented port when it is free, else any free port.
     let listen = if TcpListener::bind("127.0.0.1:6432").is_ok() {
         "127.0.0.1:6432"
     } else {
         "127.0.0.1:0"
     };
-    Config {
-        server: ServerConfig {
-            listen: listen.into(),
-            worker_threads: std::env::var("SWITCHYARD_SERVER_WORKER_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            admin_listen: "127.0.0.1:9930".into(),
-            ..ServerConfig::default()
-        },
-        cluster: ClusterConfig {
-            nodes: cluster.nodes().map(|n| n.addr()).collect(),
-            primary: Some(cluster.primary().addr()),
-            ..ClusterConfig::default()
-        },
-        users: vec![UserConfig {
-            name: DEMO_USER.into(),
-            password: Some(DEMO_PASSWORD.into()),
-            auth: Default::default(),
-        }],
-        ..Config::default()
-    }
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .map(|n| format!("\"{}\"", n.addr()))
+        .collect();
+    let text = format!(
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:9930\"\n\n\
+         [cluster]\nnodes = [{}]\nprimary = \"{}\"\n\n\
+         [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n",
+        nodes.join(", "),
+        cluster.primary().addr(),
+    );
+    // SWITCHYARD_* variables apply as for a config file (e.g.
+    // SWITCHYARD_SERVER_POOL_MODE=transaction).
+    Config::from_toml(&text, std::path::Path::new("demo"), std::env::vars())
 }
 
 async fn serve(config: Config, cluster: &LocalCluster) -> ExitCode {
@@ -94,9 +92,13 @@ async fn serve(config: Config, cluster: &LocalCluster) -> ExitCode {
     for node in cluster.nodes() {
         let _ = writeln!(out, "  {:<9} {}", node.name, node.addr());
     }
+    let mode = match proxy.pool_mode() {
+        crate::config::PoolMode::Session => "session",
+        crate::config::PoolMode::Transaction => "transaction",
+    };
     let _ = writeln!(
         out,
-        "Connect through switchyard (session pooling, writes to the primary):"
+        "Connect through switchyard ({mode} pooling, writes to the primary):"
     );
     let _ = writeln!(
         out,

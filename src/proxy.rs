@@ -105,6 +105,11 @@ impl Proxy {
         Ok(Self { listeners, shared })
     }
 
+    /// The pool mode in force.
+    pub fn pool_mode(&self) -> crate::config::PoolMode {
+        self.shared.settings.load().config.server.pool_mode
+    }
+
     /// The address clients connect to (useful when `listen` used port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listeners[0].local_addr()

@@ -327,7 +327,8 @@ impl TransactionSession {
                 }
                 return true;
             }
-            self.state.client_in.reserve(4096);
+            // Idle clients are the many: keep their buffer small until they speak.
+            self.state.client_in.reserve(512);
             let read = tokio::select! {
                 () = shutdown.draining.cancelled() => {
                     self.say_goodbye().await;

@@ -1,0 +1,79 @@
+//! Transaction pooling holds thousands of idle clients in little memory.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::raw::{read_message, startup_packet};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const CLIENTS: usize = 5000;
+
+async fn idle_client(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&startup_packet(&[("user", "bulk"), ("database", "appdb")]))
+        .await
+        .unwrap();
+    loop {
+        let (tag, body) = read_message(&mut stream).await;
+        match tag {
+            b'Z' => return stream,
+            b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}
+
+fn current_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_thousand_idle_clients_fit_in_64_mib() {
+    let mut spec = support::spec();
+    spec.users.push(("bulk".into(), "bulk-secret".into()));
+    let cluster = switchyard::testcluster::LocalCluster::start(&spec).unwrap();
+    let config = format!(
+        "{}\n[[users]]\nname = \"bulk\"\npassword = \"bulk-secret\"\nauth = \"trust\"\n",
+        support::proxy_config(
+            &cluster,
+            "pool_mode = \"transaction\"\nworker_threads = 2\n\n[pool]\nmax_size = 4"
+        )
+    );
+    let proxy = support::ProxyProcess::start(&config);
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS / 250 {
+        let batch = (0..250).map(|_| idle_client(proxy.addr));
+        clients.extend(futures_util::future::join_all(batch).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = current_rss_kib(proxy.pid());
+    eprintln!(
+        "{} idle clients logged in in {:?}; proxy RSS {rss} KiB ({} bytes per client)",
+        clients.len(),
+        started.elapsed(),
+        rss * 1024 / clients.len() as u64
+    );
+    assert_eq!(clients.len(), CLIENTS);
+    assert!(
+        rss < 64 * 1024,
+        "proxy RSS {rss} KiB with {CLIENTS} idle clients"
+    );
+    // The server saw only the pool's connections.
+    let backends = cluster
+        .primary()
+        .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'bulk'")
+        .unwrap();
+    assert!(
+        backends.parse::<usize>().unwrap() <= 4,
+        "{backends} server connections"
+    );
+}
