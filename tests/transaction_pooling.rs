@@ -311,3 +311,30 @@ async fn killed_server_connections_are_never_reused() {
     let row = client.query_one("SELECT 41 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_reaches_the_clients_current_connection_only() {
+    let h = harness(1, "");
+    let client = connect(&h.proxy_dsn()).await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let error = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // A stale key (its client is idle) must not cancel whoever now holds the connection.
+    let idle = connect(&h.proxy_dsn()).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let stale = idle.cancel_token();
+    let busy = connect(&h.proxy_dsn()).await;
+    let running = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(1)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stale.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    assert!(
+        running.await.unwrap().is_ok(),
+        "a stale key cancelled another client's query"
+    );
+}

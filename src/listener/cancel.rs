@@ -2,7 +2,7 @@
 //! key of the server connection that serves them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -35,7 +35,16 @@ pub struct ClientKey {
 }
 
 /// A live session's secret and where its cancels go now.
-type LiveKey = (i32, Arc<ArcSwap<CancelTarget>>);
+type LiveKey = (i32, Arc<KeyState>);
+
+/// Where a key's cancels go, and whether the session holds that connection now.
+#[derive(Debug)]
+struct KeyState {
+    target: ArcSwap<CancelTarget>,
+    // Under transaction pooling a connection the client gave back serves
+    // someone else: a cancel must then go nowhere.
+    linked: AtomicBool,
+}
 
 /// Live sessions' cancel keys.
 ///
@@ -61,7 +70,7 @@ impl Default for CancelRegistry {
 pub struct Registration {
     registry: Arc<CancelRegistry>,
     key: ClientKey,
-    target: Arc<ArcSwap<CancelTarget>>,
+    state: Arc<KeyState>,
 }
 
 impl Registration {
@@ -73,12 +82,24 @@ impl Registration {
     /// Points the key at another server connection (transaction pooling
     /// moves a client between connections); lock-free.
     pub fn retarget(&self, target: CancelTarget) {
-        self.target.store(Arc::new(target));
+        self.state.target.store(Arc::new(target));
     }
 
     /// The server connection the key currently points at.
     pub fn target(&self) -> Arc<CancelTarget> {
-        self.target.load_full()
+        self.state.target.load_full()
+    }
+
+    /// True when the key already points at backend `pid` on `addr`.
+    pub fn points_at(&self, addr: &str, pid: i32) -> bool {
+        let target = self.state.target.load();
+        target.pid == pid && target.addr == addr
+    }
+
+    /// Marks whether the session holds its target connection right now;
+    /// cancels for an unlinked session are dropped.
+    pub fn set_linked(&self, linked: bool) {
+        self.state.linked.store(linked, Ordering::Release);
     }
 }
 
@@ -105,20 +126,24 @@ impl CancelRegistry {
                 break candidate;
             }
         };
-        let target = Arc::new(ArcSwap::from_pointee(target));
-        sessions.insert(pid, (secret, Arc::clone(&target)));
+        let state = Arc::new(KeyState {
+            target: ArcSwap::from_pointee(target),
+            linked: AtomicBool::new(true),
+        });
+        sessions.insert(pid, (secret, Arc::clone(&state)));
         Registration {
             registry: Arc::clone(self),
             key: ClientKey { pid, secret },
-            target,
+            state,
         }
     }
 
     /// The target for a client's CancelRequest, if `pid` and `secret` match a live session.
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
         let sessions = self.lock();
-        let (expected, target) = sessions.get(&pid)?;
-        (secret == expected.to_be_bytes()).then(|| target.load().as_ref().clone())
+        let (expected, state) = sessions.get(&pid)?;
+        let valid = secret == expected.to_be_bytes() && state.linked.load(Ordering::Acquire);
+        valid.then(|| state.target.load().as_ref().clone())
     }
 }
 
@@ -176,6 +201,25 @@ mod tests {
         let wrong = key.secret.wrapping_add(1).to_be_bytes();
         assert!(registry.lookup(key.pid, &wrong).is_none());
         assert!(registry.lookup(key.pid, &[1, 2]).is_none());
+    }
+
+    #[test]
+    fn unlinked_session_cancels_nothing() {
+        let registry = Arc::new(CancelRegistry::default());
+        let registration = registry.register(target());
+        let key = registration.key();
+        registration.set_linked(false);
+        assert!(
+            registry
+                .lookup(key.pid, &key.secret.to_be_bytes())
+                .is_none()
+        );
+        registration.set_linked(true);
+        assert!(
+            registry
+                .lookup(key.pid, &key.secret.to_be_bytes())
+                .is_some()
+        );
     }
 
     #[test]

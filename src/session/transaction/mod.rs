@@ -135,6 +135,8 @@ async fn login(
         secret: Bytes::new(),
     });
     let registration = shared.cancels.register(target);
+    // The login connection went back to the pool: nothing to cancel yet.
+    registration.set_linked(false);
     let key = registration.key();
     messages::backend_key_data(&mut greeting, key.pid, key.secret);
     messages::ready_for_query_idle(&mut greeting);
@@ -299,7 +301,12 @@ impl TransactionSession {
             if !self.prepare(&mut conn).await {
                 continue;
             }
-            self.registration.retarget(cancel_target(&conn));
+            // Building a target allocates; most checkouts reuse the connection
+            // the key already points at.
+            if !self.registration.points_at(&conn.addr, conn.pid) {
+                self.registration.retarget(cancel_target(&conn));
+            }
+            self.registration.set_linked(true);
             let end = relay::run(
                 &mut self.client,
                 &mut conn,
@@ -310,6 +317,9 @@ impl TransactionSession {
             )
             .await;
             self.count_pin();
+            // Pinned sessions keep their connection; everyone else's cancel
+            // key must stop pointing at it before it goes back to the pool.
+            self.registration.set_linked(false);
             if !self.finish_stretch(conn, end).await {
                 return;
             }
