@@ -338,3 +338,34 @@ async fn cancel_reaches_the_clients_current_connection_only() {
         "a stale key cancelled another client's query"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_idle_clients_and_lets_transactions_finish() {
+    let mut h = harness(2, "");
+    let (_idle, idle_connection) = tokio_postgres::connect(&h.proxy_dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let idle_connection = tokio::spawn(idle_connection);
+    let busy = connect(&h.proxy_dsn()).await;
+    let running = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(1)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.proxy.signal("TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(2), idle_connection)
+        .await
+        .expect("idle client closed at once")
+        .unwrap();
+    let error = ended.expect_err("closed with an error");
+    assert_eq!(
+        error.as_db_error().map(|e| e.code()),
+        Some(&SqlState::ADMIN_SHUTDOWN)
+    );
+    assert!(
+        running.await.unwrap().is_ok(),
+        "the running transaction was cut"
+    );
+    let status = h
+        .proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("proxy exited");
+    assert!(status.success());
+}

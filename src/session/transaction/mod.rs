@@ -26,7 +26,7 @@ use crate::proxy::{Settings, Shared, Shutdown};
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
 use internal::InternalError;
-use relay::{ClientState, StretchEnd};
+use relay::{ClientState, ShutdownWatch, StretchEnd};
 use settings::{SNAPSHOT_SQL, SessionSettings};
 
 /// A logged-in client in transaction mode.
@@ -261,8 +261,9 @@ fn merge_parameters(defaults: Bytes, statuses: &[Bytes]) -> BytesMut {
 
 impl TransactionSession {
     async fn run(mut self, shutdown: &Shutdown) {
+        let mut watch = ShutdownWatch::new(shutdown);
         loop {
-            if !self.wait_for_request(shutdown).await {
+            if !self.wait_for_request(&mut watch).await {
                 return;
             }
             if let Some(error) = self.state.owed_error.take() {
@@ -313,7 +314,7 @@ impl TransactionSession {
                 &mut self.state,
                 &self.catalog,
                 self.limit,
-                shutdown,
+                &mut watch,
             )
             .await;
             self.count_pin();
@@ -327,7 +328,7 @@ impl TransactionSession {
     }
 
     /// Waits until a complete client message is buffered; false when the session ends.
-    async fn wait_for_request(&mut self, shutdown: &Shutdown) -> bool {
+    async fn wait_for_request(&mut self, watch: &mut ShutdownWatch) -> bool {
         use tokio::io::AsyncReadExt;
         loop {
             if self.state.client_in.len() >= 5 {
@@ -340,7 +341,7 @@ impl TransactionSession {
             // Idle clients are the many: keep their buffer small until they speak.
             self.state.client_in.reserve(512);
             let read = tokio::select! {
-                () = shutdown.draining.cancelled() => {
+                () = watch.draining.as_mut() => {
                     self.say_goodbye().await;
                     return false;
                 }

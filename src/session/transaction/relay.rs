@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::catalog::PoolCatalog;
 use super::pins::Pins;
@@ -22,13 +23,32 @@ use super::tracker::{Expect, ResponseTracker, Verdict};
 use crate::backend::ServerConnection;
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::{HEADER_LEN, check_length};
-use crate::proxy::Shutdown;
 use crate::router::effects::{SessionEffects, UnpinKind, session_effects_bytes};
 
 /// Output beyond this stops reading the input that feeds it.
 pub const HIGH_WATER: usize = 64 * 1024;
 /// Server messages at least this large are streamed rather than buffered whole.
 const STREAM_THRESHOLD: usize = 32 * 1024;
+
+/// The session's two shutdown signals as futures, registered once per
+/// session: creating a cancellation future registers a waiter under the
+/// token's lock, which must not happen per message.
+pub struct ShutdownWatch {
+    /// Completes when shutdown starts draining.
+    pub draining: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Completes when the shutdown timeout expires.
+    pub hard_stop: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl ShutdownWatch {
+    /// Watches `shutdown`'s tokens.
+    pub fn new(shutdown: &crate::proxy::Shutdown) -> Self {
+        Self {
+            draining: Box::pin(shutdown.draining.clone().cancelled_owned()),
+            hard_stop: Box::pin(shutdown.hard_stop.clone().cancelled_owned()),
+        }
+    }
+}
 
 /// Why a stretch ended.
 #[derive(Debug)]
@@ -104,9 +124,8 @@ pub async fn run(
     state: &mut ClientState,
     catalog: &PoolCatalog,
     limit: usize,
-    shutdown: &Shutdown,
+    shutdown: &mut ShutdownWatch,
 ) -> StretchEnd {
-    let (draining, hard_stop) = (&shutdown.draining, &shutdown.hard_stop);
     let ServerConnection {
         stream,
         prepared,
@@ -148,8 +167,8 @@ pub async fn run(
         let s = &mut stretch;
         let event = tokio::select! {
             biased;
-            () = hard_stop.cancelled() => Event::HardStop,
-            () = draining.cancelled(), if !drain_seen => Event::Draining,
+            () = shutdown.hard_stop.as_mut() => Event::HardStop,
+            () = shutdown.draining.as_mut(), if !drain_seen => Event::Draining,
             r = client_write.write(&s.state.to_client), if !s.state.to_client.is_empty() => Event::ClientWrote(r),
             r = server_write.write(&s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
             r = server_read.read_buf(&mut s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
