@@ -6,7 +6,7 @@
 //! pooled connection it does not need.
 
 use super::catalog::PoolCatalog;
-use super::relay::ClientState;
+use super::relay::{ClientState, complete_frame};
 use super::statements::{self, ClientStatement};
 use super::tracker::Synthetic;
 use crate::protocol::frame::HEADER_LEN;
@@ -57,9 +57,11 @@ pub fn answer(state: &mut ClientState, catalog: &PoolCatalog) -> bool {
 }
 
 fn frame_len(buf: &[u8]) -> Option<usize> {
-    let header = buf.get(1..HEADER_LEN)?;
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize + 1;
-    (len >= HEADER_LEN && len <= buf.len()).then_some(len)
+    // Any length is acceptable here: the frame is already buffered whole.
+    complete_frame(buf, usize::MAX)
+        .ok()
+        .flatten()
+        .map(|(_, len)| len)
 }
 
 /// Length of the batch up to and including its Sync, when every message in

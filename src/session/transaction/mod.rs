@@ -388,16 +388,7 @@ impl TransactionSession {
     fn fail_request(&mut self, error: Bytes) {
         use bytes::Buf;
         self.state.to_client.extend_from_slice(&error);
-        loop {
-            let input = &self.state.client_in;
-            if input.len() < 5 {
-                break;
-            }
-            let len = u32::from_be_bytes([input[1], input[2], input[3], input[4]]) as usize + 1;
-            if len < 5 || input.len() < len {
-                break;
-            }
-            let tag = input[0];
+        while let Ok(Some((tag, len))) = relay::complete_frame(&self.state.client_in, self.limit) {
             self.state.client_in.advance(len);
             if matches!(tag, b'S' | b'Q' | b'F') {
                 break;

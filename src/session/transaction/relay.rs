@@ -197,8 +197,8 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// Length of the complete frame at the front of `buf`, if there is one.
-fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize)>, ProtocolError> {
+/// Tag and length of the complete frame at the front of `buf`, if there is one.
+pub fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize)>, ProtocolError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
