@@ -29,38 +29,9 @@ fn app_backends(h: &Harness) -> usize {
 #[test]
 fn pgbench_64_clients_over_8_connections_in_every_mode() {
     let h = harness(8, "");
-    let url = h.proxy_url();
-    let init = h.run("pgbench", &["-i", "-s", "1", "-q", &url]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    for mode in ["simple", "extended", "prepared"] {
-        for select_only in [true, false] {
-            let mut args = vec!["-M", mode, "-c", "64", "-j", "2", "-t", "30", "-n"];
-            if select_only {
-                args.push("-S");
-            }
-            args.push(&url);
-            let out = h.run("pgbench", &args);
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success(),
-                "{mode} -S={select_only}: {stdout}\n{stderr}"
-            );
-            assert!(
-                stdout.contains("number of transactions actually processed: 1920/1920"),
-                "{stdout}"
-            );
-            assert!(
-                stdout.contains("number of failed transactions: 0"),
-                "{stdout}"
-            );
-            assert!(app_backends(&h) <= 8, "pool exceeded its size");
-        }
-    }
+    h.pgbench_every_mode(64, 30, || {
+        assert!(app_backends(&h) <= 8, "pool exceeded its size")
+    });
     let consistent = h.admin_sql_app(
         "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history) \
          AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(delta) FROM pgbench_history)",

@@ -239,6 +239,61 @@ impl Harness {
             .unwrap()
     }
 
+    /// Initializes pgbench data through the proxy, then runs pgbench in
+    /// every query mode (-S and TPC-B-like), asserting no client aborted and
+    /// every transaction ran; `after_each` runs after every pgbench run.
+    pub fn pgbench_every_mode(
+        &self,
+        clients: u32,
+        transactions: u32,
+        mut after_each: impl FnMut(),
+    ) {
+        let url = self.proxy_url();
+        let init = self.run("pgbench", &["-i", "-s", "1", "-q", &url]);
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let expected = format!(
+            "number of transactions actually processed: {total}/{total}",
+            total = clients * transactions
+        );
+        let (clients, transactions) = (clients.to_string(), transactions.to_string());
+        for mode in ["simple", "extended", "prepared"] {
+            for select_only in [true, false] {
+                let mut args = vec![
+                    "-M",
+                    mode,
+                    "-c",
+                    &clients,
+                    "-j",
+                    "2",
+                    "-t",
+                    &transactions,
+                    "-n",
+                ];
+                if select_only {
+                    args.push("-S");
+                }
+                args.push(&url);
+                let out = self.run("pgbench", &args);
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success(),
+                    "{mode} -S={select_only}: {stdout}\n{stderr}"
+                );
+                assert!(stdout.contains(&expected), "{stdout}");
+                assert!(
+                    stdout.contains("number of failed transactions: 0"),
+                    "{stdout}"
+                );
+                after_each();
+            }
+        }
+    }
+
     /// Superuser SQL on the primary, straight (not through the proxy).
     pub fn admin_sql(&self, sql: &str) -> String {
         self.cluster.primary().psql(sql).expect("admin sql")
