@@ -216,6 +216,16 @@ async fn temp_table_listen_and_advisory_lock_pin_and_unpin() {
         pinned.batch_execute(release).await.unwrap();
         assert!(!times_out(&dsn).await, "{release} did not unpin");
     }
+    // A release that is rolled back releases nothing.
+    pinned.batch_execute("LISTEN channel_b").await.unwrap();
+    pinned
+        .batch_execute("BEGIN; UNLISTEN *; ROLLBACK")
+        .await
+        .unwrap();
+    assert!(times_out(&dsn).await, "a rolled-back UNLISTEN unpinned");
+    pinned.batch_execute("UNLISTEN *").await.unwrap();
+    assert!(!times_out(&dsn).await, "UNLISTEN * did not unpin");
+
     // A client that leaves while pinned frees the connection, and its state dies with it.
     let leaver = connect(&dsn).await;
     leaver
@@ -255,6 +265,21 @@ async fn notifications_reach_a_pinned_listener() {
     }
 }
 
+/// Waits (bounded) until no backend matching `condition` is left, then a
+/// little longer for the proxy to read the closed sockets.
+fn wait_until_gone(h: &Harness, condition: &str) {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {condition}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.admin_sql(&sql) != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backends survived termination"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_server_connections_are_never_reused() {
     let h = harness(2, "");
@@ -262,7 +287,7 @@ async fn killed_server_connections_are_never_reused() {
     client.simple_query("SELECT 1").await.unwrap();
     // Kill every idle pooled connection.
     h.admin_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_gone(&h, "usename = 'app'");
     for _ in 0..5 {
         client.simple_query("SELECT 1").await.unwrap();
     }
@@ -275,7 +300,7 @@ async fn killed_server_connections_are_never_reused() {
         .unwrap()
         .get(0);
     h.admin_sql(&format!("SELECT pg_terminate_backend({pid})"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_gone(&h, &format!("pid = {pid}"));
     let error = client.simple_query("SELECT 1").await.unwrap_err();
     let code = error.code().expect("an ErrorResponse").code().to_owned();
     assert!(code == "57P01" || code.starts_with("08"), "got {code}");

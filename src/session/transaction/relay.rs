@@ -283,7 +283,7 @@ impl Stretch<'_> {
             self.state.statements.clear();
             self.state.settings_dirty = true;
         }
-        if let Some(reason) = self.state.pins.apply(effects) {
+        if let Some(reason) = self.state.pins.note_sent(effects) {
             self.state.new_pin = Some(reason);
         }
     }
@@ -474,9 +474,17 @@ impl Stretch<'_> {
             self.prepared.remove(&failed);
             self.state.statements.forget_internal(failed);
         }
-        if tag == b'Z' {
-            self.at_ready = true;
-            self.status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
+        match tag {
+            b'E' => self.state.pins.note_failure(),
+            b'C' if frame[HEADER_LEN..].starts_with(b"ROLLBACK") => self.state.pins.note_failure(),
+            b'Z' => {
+                self.at_ready = true;
+                self.status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
+                if self.status == b'I' {
+                    self.state.pins.transaction_ended();
+                }
+            }
+            _ => {}
         }
         if verdict == Verdict::Forward {
             let renamed = (tag == b'E')
