@@ -85,11 +85,6 @@ impl Registration {
         self.state.target.store(Arc::new(target));
     }
 
-    /// The server connection the key currently points at.
-    pub fn target(&self) -> Arc<CancelTarget> {
-        self.state.target.load_full()
-    }
-
     /// True when the key already points at backend `pid` on `addr`.
     pub fn points_at(&self, addr: &str, pid: i32) -> bool {
         let target = self.state.target.load();

@@ -1,7 +1,7 @@
 //! The untagged first packet a client sends: StartupMessage, SSLRequest,
 //! GSSENCRequest or CancelRequest.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 
 use super::ProtocolError;
 use super::frame::BodyReader;
@@ -153,11 +153,6 @@ pub fn cancel_request(pid: i32, secret: &[u8]) -> BytesMut {
     buf.extend_from_slice(&pid.to_be_bytes());
     buf.extend_from_slice(secret);
     buf
-}
-
-/// Drops `n` bytes from the front of a buffer (used after a rejected packet).
-pub fn discard(buf: &mut BytesMut, n: usize) {
-    buf.advance(n.min(buf.len()));
 }
 
 #[cfg(test)]

@@ -86,9 +86,4 @@ impl SessionError {
             Self::Backend(e) => Some(e.to_client()),
         }
     }
-
-    /// The SQLSTATE class for logs and metrics, when the client is told one.
-    pub fn is_client_fault(&self) -> bool {
-        !matches!(self, Self::Backend(_))
-    }
 }

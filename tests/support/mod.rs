@@ -321,3 +321,19 @@ pub async fn connect(dsn: &str) -> tokio_postgres::Client {
 pub fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("switchyard-{}-{name}", std::process::id()))
 }
+
+/// Asserts that a tokio-postgres connection task ends within 2 s with the
+/// proxy's FATAL 57P01 (shutdown), as an idle client sees on SIGTERM.
+pub async fn assert_closed_by_shutdown(
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(2), connection)
+        .await
+        .expect("idle client closed at once")
+        .unwrap();
+    let error = ended.expect_err("closed with an error");
+    assert_eq!(
+        error.as_db_error().map(|e| e.code()),
+        Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN)
+    );
+}

@@ -116,6 +116,15 @@ mod tests {
         assert_eq!(run("SELECT pg_advisory_unlock_all()"), (None, false));
         run("CREATE TEMP TABLE t (x int)");
         assert_eq!(run("DISCARD ALL"), (None, false));
+        let counters = PinCounters::default();
+        counters.count(PinReason::Listen);
+        assert_eq!(
+            (
+                counters.get(PinReason::Listen),
+                counters.get(PinReason::TempTable)
+            ),
+            (1, 0)
+        );
     }
 
     #[test]
