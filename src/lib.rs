@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod router;
 pub mod session;
 pub mod testcluster;
+pub mod topology;
