@@ -2,6 +2,7 @@
 
 mod connect;
 mod error;
+pub mod query;
 
 pub use connect::{ServerConnection, connect};
 pub use error::BackendError;

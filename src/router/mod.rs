@@ -10,6 +10,7 @@
 //!   transaction (session parameters, pins, releases), for transaction
 //!   pooling.
 
+pub mod access;
 mod classify;
 pub mod effects;
 mod flags;

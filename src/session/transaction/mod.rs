@@ -5,7 +5,6 @@
 //! state that cannot move pins the client to its connection.
 
 mod catalog;
-mod internal;
 mod local;
 pub mod pins;
 mod relay;
@@ -19,13 +18,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::backend::query::{self as internal, InternalError};
 use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
-use internal::InternalError;
 use relay::{ClientState, ShutdownWatch, StretchEnd};
 use settings::{SNAPSHOT_SQL, SessionSettings};
 

@@ -1,5 +1,6 @@
 //! Queries the proxy runs on a server connection for itself (applying a
-//! client's settings, reading them back); the client sees none of it.
+//! client's settings, reading them back, probing a node); the client sees
+//! none of it.
 
 use std::time::Duration;
 
