@@ -13,9 +13,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::listener::{accept_loop, cancel::CancelRegistry};
 use crate::pool::Pools;
+use crate::router::access::WriteFunctions;
 use crate::session::Credentials;
 use crate::session::transaction::Catalogs;
 use crate::session::transaction::pins::PinCounters;
+use crate::topology::{LearnedWrites, Snapshot, Topology};
 
 /// The configuration in force and what is derived from it, swapped as a whole.
 #[derive(Debug)]
@@ -24,6 +26,20 @@ pub struct Settings {
     pub config: Config,
     /// Users' SCRAM verifiers and passwords.
     pub credentials: Credentials,
+    /// Functions the classifier treats as writes (built-ins plus
+    /// `routing.write_functions`).
+    pub write_functions: WriteFunctions,
+}
+
+impl Settings {
+    /// Derives everything the sessions need from a validated `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            credentials: Credentials::from_config(&config),
+            write_functions: WriteFunctions::new(&config.routing.write_functions),
+            config,
+        }
+    }
 }
 
 /// State every session reads.
@@ -39,6 +55,10 @@ pub struct Shared {
     pub pins: PinCounters,
     /// What is known about each pool's statements and greetings.
     pub catalogs: Catalogs,
+    /// The verified cluster topology, published by the monitor.
+    pub topology: Arc<Topology>,
+    /// Statements a replica refused as writing; routed to the primary since.
+    pub learned_writes: LearnedWrites,
 }
 
 /// The two stages of shutdown, observed by the listener and every session.
@@ -91,16 +111,15 @@ impl Proxy {
         for _ in 1..workers {
             listeners.push(reuse_port_listener(resolved).map_err(bind_error)?);
         }
-        let credentials = Credentials::from_config(&config);
+        let topology = Arc::new(Topology::new(Snapshot::initial(Vec::new())));
         let shared = Arc::new(Shared {
-            settings: ArcSwap::from_pointee(Settings {
-                config,
-                credentials,
-            }),
+            settings: ArcSwap::from_pointee(Settings::new(config)),
             cancels: Arc::new(CancelRegistry::default()),
             pools: Pools::default(),
             pins: PinCounters::default(),
             catalogs: Catalogs::default(),
+            topology,
+            learned_writes: LearnedWrites::default(),
         });
         Ok(Self { listeners, shared })
     }
@@ -125,6 +144,11 @@ impl Proxy {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let shutdown = Shutdown::default();
         let sessions = TaskTracker::new();
+        let monitor = tokio::spawn(crate::topology::monitor::run(
+            Arc::clone(&self.shared),
+            None,
+            shutdown.hard_stop.clone(),
+        ));
         let timeout = self.shared.settings.load().config.server.shutdown_timeout;
         let mut workers = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
@@ -162,6 +186,7 @@ impl Proxy {
         for worker in workers {
             let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         }
+        monitor.abort();
         tracing::info!("shutdown complete");
     }
 }

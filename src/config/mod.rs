@@ -3,6 +3,7 @@
 
 mod env;
 mod error;
+mod routing;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 
 pub use env::apply_overrides;
 pub use error::ConfigError;
+pub use routing::{Consistency, DatabaseConfig, Route, RoutingConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -29,6 +31,10 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Client-facing TLS.
     pub tls: TlsConfig,
+    /// Read/write routing (transaction mode).
+    pub routing: RoutingConfig,
+    /// Per-database routing policy.
+    pub databases: Vec<DatabaseConfig>,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
@@ -120,7 +126,7 @@ pub enum PoolMode {
 }
 
 /// `[cluster]`: the PostgreSQL nodes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Every node's `host:port`.
@@ -129,6 +135,37 @@ pub struct ClusterConfig {
     pub topology: TopologySource,
     /// The writable node, for topology = "static".
     pub primary: Option<String>,
+    /// Relative read share per node (`"host:port" = weight`), default 1.
+    pub weights: std::collections::BTreeMap<String, u32>,
+    /// How often every node is probed (role, timeline, LSNs, lag).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// A probe (connect or query) slower than this counts as a failure.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Role the probes log in as; default: the first `[[users]]` entry
+    /// with a password.
+    pub monitor_user: Option<String>,
+    /// Its password; default: that user's password.
+    pub monitor_password: Option<String>,
+    /// Database the probes connect to.
+    pub monitor_database: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            topology: TopologySource::Static,
+            primary: None,
+            weights: Default::default(),
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_secs(1),
+            monitor_user: None,
+            monitor_password: None,
+            monitor_database: "postgres".into(),
+        }
+    }
 }
 
 /// `cluster.topology`.
@@ -209,6 +246,10 @@ pub struct UserConfig {
     /// How the proxy authenticates this user's clients.
     #[serde(default)]
     pub auth: AuthMethod,
+    /// Overrides the database's and `routing.route` for this user.
+    pub route: Option<Route>,
+    /// Overrides the database's and `routing.consistency` for this user.
+    pub consistency: Option<Consistency>,
 }
 
 /// `users[].auth`.
@@ -277,6 +318,7 @@ impl Config {
                 "must be at least 8192 bytes",
             ));
         }
+        self.validate_users()?;
         self.validate_cluster()?;
         if self.tls.mode != TlsMode::Disable {
             return Err(ConfigError::invalid(
@@ -284,18 +326,48 @@ impl Config {
                 "client TLS is not available in this version; use \"disable\"",
             ));
         }
-        self.validate_users()
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         for node in &self.cluster.nodes {
             check_host_port("cluster.nodes", node)?;
         }
-        if self.cluster.topology != TopologySource::Static {
+        if self.cluster.nodes.is_empty() {
             return Err(ConfigError::invalid(
-                "cluster.topology",
-                "only \"static\" is available in this version",
+                "cluster.nodes",
+                "list at least one host:port",
             ));
+        }
+        for node in self.cluster.weights.keys() {
+            if !self.cluster.nodes.contains(node) {
+                return Err(ConfigError::invalid(
+                    "cluster.weights",
+                    format!("{node:?} is not one of cluster.nodes"),
+                ));
+            }
+        }
+        if self.cluster.probe_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "cluster.probe_interval",
+                "must be more than zero",
+            ));
+        }
+        if self.monitor_credentials().is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.monitor_user",
+                "set it (and monitor_password), or give a [[users]] entry a password",
+            ));
+        }
+        match self.cluster.topology {
+            TopologySource::Static => {}
+            TopologySource::Probe => return Ok(()),
+            TopologySource::Patroni | TopologySource::Kubernetes => {
+                return Err(ConfigError::invalid(
+                    "cluster.topology",
+                    "only \"static\" and \"probe\" are available in this version",
+                ));
+            }
         }
         let Some(primary) = &self.cluster.primary else {
             return Err(ConfigError::invalid(
@@ -304,7 +376,7 @@ impl Config {
             ));
         };
         check_host_port("cluster.primary", primary)?;
-        if !self.cluster.nodes.is_empty() && !self.cluster.nodes.contains(primary) {
+        if !self.cluster.nodes.contains(primary) {
             return Err(ConfigError::invalid(
                 "cluster.primary",
                 format!("{primary:?} is not one of cluster.nodes"),
@@ -338,10 +410,36 @@ impl Config {
         Ok(())
     }
 
-    /// The node that takes writes.
-    pub fn primary(&self) -> &str {
-        // Invariant: validate() refuses a config without cluster.primary.
-        self.cluster.primary.as_deref().unwrap_or_default()
+    /// The user, password and database the topology probes log in with.
+    pub fn monitor_credentials(&self) -> Option<(&str, Option<&str>, &str)> {
+        let database = self.cluster.monitor_database.as_str();
+        if let Some(user) = &self.cluster.monitor_user {
+            let password = self
+                .cluster
+                .monitor_password
+                .as_deref()
+                .or_else(|| self.user(user).and_then(|u| u.password.as_deref()));
+            return Some((user, password, database));
+        }
+        self.users
+            .iter()
+            .find_map(|u| Some((u.name.as_str(), Some(u.password.as_deref()?), database)))
+    }
+
+    /// The routing policy for `user` on `database`: the user's setting,
+    /// else the database's, else `[routing]`'s.
+    pub fn policy(&self, user: &str, database: &str) -> (Route, Consistency) {
+        let user = self.user(user);
+        let database = self.databases.iter().find(|d| d.name == database);
+        let route = user
+            .and_then(|u| u.route)
+            .or_else(|| database.and_then(|d| d.route))
+            .unwrap_or(self.routing.route);
+        let consistency = user
+            .and_then(|u| u.consistency)
+            .or_else(|| database.and_then(|d| d.consistency))
+            .unwrap_or(self.routing.consistency);
+        (route, consistency)
     }
 
     /// The `[[users]]` entry named `name`.
@@ -394,7 +492,7 @@ mod tests {
         assert_eq!(config.server.admin_listen, "0.0.0.0:9930");
         assert_eq!(config.server.pool_mode, PoolMode::Session);
         assert_eq!(config.server.startup_timeout, Duration::from_secs(10));
-        assert_eq!(config.primary(), "127.0.0.1:5432");
+        assert_eq!(config.cluster.primary.as_deref(), Some("127.0.0.1:5432"));
         assert_eq!(config.user("app").unwrap().auth, AuthMethod::ScramSha256);
     }
 

@@ -56,6 +56,14 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection (its node changed role or went away);
+    /// connections checked out now are unaffected.
+    pub fn close_idle(&self) {
+        for (idle, reason) in self.idle.extract(|_| Some(CloseReason::Discarded)) {
+            self.close(idle.conn, reason);
+        }
+    }
+
     fn reap_verdict(&self, idle: &IdleConnection, spare: &mut usize) -> Option<CloseReason> {
         let expired = expiry(
             idle.conn.created.elapsed(),

@@ -50,6 +50,15 @@ impl Pools {
         self.lock().values().cloned().collect()
     }
 
+    /// Closes the idle connections of every pool to `node`.
+    pub fn close_idle_on(&self, node: &str) {
+        for pool in self.all() {
+            if pool.key().node == node {
+                pool.close_idle();
+            }
+        }
+    }
+
     // Inserting into a HashMap cannot be left half done by a panic, so a
     // poisoned lock still guards a valid map.
     fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {

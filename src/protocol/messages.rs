@@ -5,7 +5,9 @@
 
 use bytes::BytesMut;
 use pgwire::messages::Message;
-use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
@@ -95,9 +97,21 @@ pub fn ready_for_query_idle(buf: &mut BytesMut) {
     encode(&ReadyForQuery::new(TransactionStatus::Idle), buf);
 }
 
+/// CommandComplete with `tag` (e.g. "SET").
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    encode(&CommandComplete::new(tag.to_owned()), buf);
+}
+
 /// NegotiateProtocolVersion: the proxy speaks 3.0 and none of `options`.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, options: &[String]) {
     encode(&NegotiateProtocolVersion::new(0, options.to_vec()), buf);
+}
+
+/// The SQLSTATE field (`C`) of an ErrorResponse or NoticeResponse body.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    body.split(|&b| b == 0)
+        .take_while(|field| !field.is_empty())
+        .find_map(|field| field.strip_prefix(b"C"))
 }
 
 #[cfg(test)]

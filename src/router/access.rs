@@ -410,6 +410,57 @@ pub fn hint(sql: &[u8]) -> Option<Hint> {
     }
 }
 
+/// The setting that picks a session's route, intercepted by the proxy.
+pub const ROUTE_SETTING: &str = "switchyard.route";
+
+/// When `sql` is exactly one `SET switchyard.route = 'value'` (or `TO`, or
+/// `RESET switchyard.route`, which gives `"auto"`), the value as written.
+pub fn route_setting(sql: &[u8]) -> Option<&[u8]> {
+    // Most queries are not SET: leave them after one comparison.
+    let start = sql.trim_ascii_start();
+    let verb = start.get(..3)?;
+    if !verb.eq_ignore_ascii_case(b"set") && !verb.eq_ignore_ascii_case(b"res") {
+        return None;
+    }
+    let mut statements = super::lexer::statements(sql);
+    let statement = statements.next()?;
+    if statements.next().is_some() {
+        return None;
+    }
+    let mut tokens = statement.tokens();
+    let verb = tokens.next()?;
+    let reset = verb.is_keyword("reset");
+    if !reset && !verb.is_keyword("set") {
+        return None;
+    }
+    let mut name = tokens.next()?;
+    if name.is_keyword("session") || name.is_keyword("local") {
+        name = tokens.next()?;
+    }
+    let (schema, dot, setting) = (name, tokens.next()?, tokens.next()?);
+    let named = schema.is_keyword("switchyard")
+        && dot.kind == TokenKind::Dot
+        && setting.is_keyword("route");
+    if !named {
+        return None;
+    }
+    if reset {
+        return tokens.next().is_none().then_some(b"auto".as_slice());
+    }
+    let assign = tokens.next()?;
+    if !(assign.is_keyword("to") || assign.text == b"=") {
+        return None;
+    }
+    let value = tokens.next()?;
+    if tokens.next().is_some() {
+        return None;
+    }
+    match value.kind {
+        TokenKind::String | TokenKind::Word | TokenKind::QuotedIdent => Some(value.content()),
+        _ => None,
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -9,6 +9,8 @@
 //! - [`effects`]: what a query does to session state that outlives its
 //!   transaction (session parameters, pins, releases), for transaction
 //!   pooling.
+//! - [`access`]: read or write, and routing hints.
+//! - [`target`]: which node serves a transaction.
 
 pub mod access;
 mod classify;
@@ -16,6 +18,7 @@ pub mod effects;
 mod flags;
 mod keyword;
 pub mod lexer;
+pub mod target;
 
 pub use effects::{
     Flag, FlagSet, PinReason, PinSet, SessionEffects, StatementEffects, UnpinKind, UnpinSet,

@@ -8,6 +8,7 @@ use crate::backend::BackendError;
 use crate::protocol::ProtocolError;
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::ClientError;
+use crate::router::target::NoPrimary;
 
 /// A session that could not start or had to stop.
 #[derive(Debug, Error)]
@@ -38,6 +39,9 @@ pub enum SessionError {
     /// The server connection could not be opened.
     #[error("{0}")]
     Backend(#[from] BackendError),
+    /// No writable primary appeared within `routing.failover_timeout`.
+    #[error("{0}")]
+    NoPrimary(#[from] NoPrimary),
 }
 
 impl From<std::io::Error> for SessionError {
@@ -84,6 +88,7 @@ impl SessionError {
             ),
             Self::StartupTimeout => fatal("08006", self.to_string()),
             Self::Backend(e) => Some(e.to_client()),
+            Self::NoPrimary(e) => fatal(NoPrimary::SQLSTATE, e.to_string()),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::listener::cancel::{CancelTarget, send_cancel};
 use crate::protocol::StartupPacket;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Shared, Shutdown};
+use crate::router::target::wait_for_primary;
 use relay::{Activity, RelayEnd};
 use startup::Opening;
 
@@ -74,9 +75,14 @@ pub async fn serve(
         transaction::serve(client, shared, settings, params, password, buf, shutdown).await;
         return;
     }
-    let primary = settings.config.primary();
+    // A session-mode client keeps one connection: it must be the primary.
+    let failover_timeout = settings.config.routing.failover_timeout;
+    let primary = match wait_for_primary(&shared.topology, failover_timeout).await {
+        Ok(primary) => primary,
+        Err(error) => return reject(&mut client, peer, &SessionError::NoPrimary(error)).await,
+    };
     let server = backend::connect(
-        primary,
+        &primary,
         &params,
         credential.password.as_deref(),
         server_config.connect_timeout,

@@ -172,6 +172,7 @@ shutdown_timeout = "5s"
 [cluster]
 nodes = ["{primary}"]
 primary = "{primary}"
+monitor_user = "postgres"
 
 [[users]]
 name = "{APP_USER}"

@@ -352,3 +352,23 @@ fn hints_are_read_from_the_leading_comment_only() {
     assert_eq!(hint(b"/* other */ SELECT 1"), None);
     assert_eq!(hint(b""), None);
 }
+
+#[test]
+fn route_settings_are_recognised_exactly() {
+    assert_eq!(
+        route_setting(b"SET switchyard.route = 'replica'"),
+        Some(b"replica".as_slice())
+    );
+    assert_eq!(
+        route_setting(b"set SESSION switchyard.route to primary;"),
+        Some(b"primary".as_slice())
+    );
+    assert_eq!(
+        route_setting(b"RESET switchyard.route"),
+        Some(b"auto".as_slice())
+    );
+    assert_eq!(route_setting(b"SET search_path = x"), None);
+    assert_eq!(route_setting(b"SET switchyard.route = 'x'; SELECT 1"), None);
+    assert_eq!(route_setting(b"SET switchyard.other = 'x'"), None);
+    assert_eq!(route_setting(b"SELECT 1"), None);
+}

@@ -11,10 +11,10 @@ use super::statements::{self, ClientStatement};
 use super::tracker::Synthetic;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages;
-use crate::router::effects::session_effects_bytes;
+use crate::router::access::WriteFunctions;
 
 /// Answers the buffered batch if it qualifies; true when it did.
-pub fn answer(state: &mut ClientState, catalog: &PoolCatalog) -> bool {
+pub fn answer(state: &mut ClientState, catalog: &PoolCatalog, functions: &WriteFunctions) -> bool {
     let Some(batch_len) = qualifying_batch(&state.client_in, catalog) else {
         return false;
     };
@@ -27,13 +27,7 @@ pub fn answer(state: &mut ClientState, catalog: &PoolCatalog) -> bool {
         match frame[0] {
             b'P' => {
                 if let Ok(parse) = statements::read_parse(body) {
-                    let effects = session_effects_bytes(parse.query);
-                    let statement = ClientStatement {
-                        internal: statements::definition_hash(parse.definition),
-                        definition: bytes::Bytes::copy_from_slice(parse.definition),
-                        pins: !effects.pins.is_empty(),
-                        sets_session_state: effects.sets_session_state,
-                    };
+                    let statement = ClientStatement::from_parse(&parse, functions);
                     state.statements.define(parse.name, statement);
                 }
                 state
@@ -110,7 +104,7 @@ mod tests {
         let mut input = frame(b'P', b"P_0\0SELECT 1\0\0\0");
         input.extend(frame(b'S', b""));
         state.client_in = BytesMut::from(&input[..]);
-        assert!(answer(&mut state, &catalog));
+        assert!(answer(&mut state, &catalog, &WriteFunctions::default()));
         assert_eq!(&state.to_client[..], b"1\0\0\0\x04Z\0\0\0\x05I");
         assert!(state.client_in.is_empty());
         assert!(state.statements.get(b"P_0").is_some());
@@ -123,13 +117,13 @@ mod tests {
         let mut input = frame(b'P', b"P_0\0SELECT 1\0\0\0");
         input.extend(frame(b'S', b""));
         state.client_in = BytesMut::from(&input[..]);
-        assert!(!answer(&mut state, &catalog));
+        assert!(!answer(&mut state, &catalog, &WriteFunctions::default()));
         let mut input = frame(b'Q', b"SELECT 1\0");
         input.extend(frame(b'S', b""));
         state.client_in = BytesMut::from(&input[..]);
-        assert!(!answer(&mut state, &catalog));
+        assert!(!answer(&mut state, &catalog, &WriteFunctions::default()));
         // Incomplete batch: wait.
         state.client_in = BytesMut::from(&frame(b'C', b"SP_0\0")[..]);
-        assert!(!answer(&mut state, &catalog));
+        assert!(!answer(&mut state, &catalog, &WriteFunctions::default()));
     }
 }

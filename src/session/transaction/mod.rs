@@ -6,8 +6,10 @@
 
 mod catalog;
 mod local;
+mod node_pools;
 pub mod pins;
 mod relay;
+mod request;
 mod settings;
 mod statements;
 mod tracker;
@@ -19,24 +21,33 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::query::{self as internal, InternalError};
+use crate::config::{Consistency, Route};
 use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
-use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
+use crate::pool::{Pool, PoolError, PoolSettings, PooledConnection};
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
+use crate::router::target::{NoPrimary, Policy, Target, wait_for_primary};
+use crate::topology::probe::parse_lsn;
+use crate::topology::{LoadGuard, Role};
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
-use relay::{ClientState, ShutdownWatch, StretchEnd};
+use node_pools::NodePools;
+use relay::{ClientState, Plan, ShutdownWatch, StretchEnd};
+use request::Request;
 use settings::{SNAPSHOT_SQL, SessionSettings};
 
 /// A logged-in client in transaction mode.
 pub struct TransactionSession {
     client: TcpStream,
-    pool: Arc<Pool>,
+    pools: NodePools,
     catalog: Arc<PoolCatalog>,
     settings: SessionSettings,
     state: ClientState,
     registration: Registration,
-    limit: usize,
+    policy: Policy,
+    /// The next request must run on the primary (a replica refused it).
+    force_primary: bool,
+    proxy: Arc<Settings>,
     shared: Arc<Shared>,
 }
 
@@ -56,10 +67,11 @@ pub fn pool_settings(settings: &Settings) -> PoolSettings {
 
 /// What login in transaction mode establishes.
 struct Login {
-    pool: Arc<Pool>,
+    pools: NodePools,
     catalog: Arc<PoolCatalog>,
     settings: SessionSettings,
     registration: Registration,
+    policy: Policy,
 }
 
 /// Finishes login for an authenticated client: checks out a connection to
@@ -89,12 +101,14 @@ pub async fn serve(
     };
     let session = TransactionSession {
         client,
-        pool: login.pool,
+        pools: login.pools,
         catalog: login.catalog,
         settings: login.settings,
         state,
         registration: login.registration,
-        limit: settings.config.server.max_message_size,
+        policy: login.policy,
+        force_primary: false,
+        proxy: settings,
         shared,
     };
     session.run(&shutdown).await;
@@ -110,26 +124,27 @@ async fn login(
     let user = crate::protocol::StartupPacket::param(params, "user").unwrap_or_default();
     let database =
         crate::protocol::StartupPacket::param(params, "database").unwrap_or_else(|| user.clone());
-    let key = PoolKey::new(settings.config.primary(), &database, &user);
-    let catalog = shared.catalogs.get(&key);
-    let pool = shared
-        .pools
-        .get_or_create(key, password, pool_settings(settings));
-    let session_settings = SessionSettings::from_startup(params);
+    let mut session_settings = SessionSettings::from_startup(params);
+    let policy = session_policy(settings, &user, &database, session_settings.take_route())?;
+    let mut pools = NodePools::new(database, user, password, pool_settings(settings));
+    let catalog = shared.catalogs.get(&pools.catalog_key());
     let fingerprint = session_settings.fingerprint();
 
     // Clients with settings seen before are greeted without a server round
-    // trip, so logins keep working while every connection is busy.
+    // trip, so logins keep working while every connection is busy, and
+    // while the primary is being replaced.
     let (mut greeting, target) = match catalog.greeting(fingerprint) {
         Some(frames) => (BytesMut::from(&frames[..]), None),
         None => {
+            let node = greeting_node(shared, settings).await?;
+            let pool = pools.get(shared, &node);
             let (frames, target) = first_greeting(&pool, &session_settings).await?;
             catalog.remember_greeting(fingerprint, frames.clone());
             (BytesMut::from(&frames[..]), Some(target))
         }
     };
     let target = target.unwrap_or_else(|| CancelTarget {
-        addr: pool.key().node.clone(),
+        addr: String::new(),
         pid: 0,
         secret: Bytes::new(),
     });
@@ -143,11 +158,70 @@ async fn login(
         return Ok(None);
     }
     Ok(Some(Login {
-        pool,
+        pools,
         catalog,
         settings: session_settings,
         registration,
+        policy,
     }))
+}
+
+/// The session's routing policy: user, then database, then `[routing]`,
+/// overridden by a startup `-c switchyard.route=…`.
+fn session_policy(
+    settings: &Settings,
+    user: &str,
+    database: &str,
+    startup_route: Option<String>,
+) -> Result<Policy, Bytes> {
+    let (mut route, consistency) = settings.config.policy(user, database);
+    if let Some(value) = startup_route {
+        route = Route::parse(&value).ok_or_else(|| {
+            ClientError::fatal("22023", invalid_route(&value))
+                .to_bytes()
+                .freeze()
+        })?;
+    }
+    let routing = &settings.config.routing;
+    Ok(Policy::new(
+        routing.enabled,
+        route,
+        consistency,
+        routing.primary_reads,
+        rand::random(),
+    ))
+}
+
+fn invalid_route(value: &str) -> String {
+    format!(
+        "invalid value for parameter \"{}\": \"{value}\" (use primary, replica or auto)",
+        crate::router::access::ROUTE_SETTING
+    )
+}
+
+/// The node that answers a new client's first login: the primary, or
+/// while there is none, a replica in rotation (its read-only state is
+/// hidden: the proxy as a whole takes writes).
+async fn greeting_node(shared: &Shared, settings: &Settings) -> Result<String, Bytes> {
+    let snapshot = shared.topology.snapshot();
+    if let Some(primary) = snapshot.primary() {
+        return Ok(primary.addr.clone());
+    }
+    if let Some(replica) = snapshot
+        .members
+        .iter()
+        .find(|m| m.role == Role::Replica && m.in_rotation)
+    {
+        return Ok(replica.addr.clone());
+    }
+    let timeout = settings.config.routing.failover_timeout;
+    wait_for_primary(&shared.topology, timeout)
+        .await
+        .map_err(|e| {
+            ClientError::fatal(NoPrimary::SQLSTATE, e.to_string())
+                .to_bytes()
+                .freeze()
+        })
 }
 
 /// Checks out a connection, applies `settings`, and returns the
@@ -251,11 +325,28 @@ fn merge_parameters(defaults: Bytes, statuses: &[Bytes]) -> BytesMut {
         frames.retain(|f| internal::parameter_name(f) != name);
         frames.push(status.clone());
     }
+    // The greeting may come from a replica (no primary at that moment);
+    // the session as a whole takes writes.
+    for frame in &mut frames {
+        if internal::parameter_name(frame) == b"in_hot_standby" {
+            *frame = internal::whole(b'S', b"in_hot_standby\0off\0");
+        }
+    }
     let mut out = BytesMut::new();
     for frame in frames {
         out.extend_from_slice(&frame);
     }
     out
+}
+
+/// Where a request goes, decided by [`TransactionSession::route`].
+struct Routed {
+    pool: Arc<Pool>,
+    /// Counts the transaction on its node until the stretch ends.
+    load: LoadGuard,
+    plan: Plan,
+    /// Routed as a write to the primary (not a read it happens to serve).
+    wrote: bool,
 }
 
 impl TransactionSession {
@@ -265,77 +356,239 @@ impl TransactionSession {
             if !self.wait_for_request(&mut watch).await {
                 return;
             }
-            if let Some(error) = self.state.owed_error.take() {
-                self.fail_request(error);
-                if !self.flush().await {
-                    return;
-                }
-                continue;
-            }
-            if local::answer(&mut self.state, &self.catalog) {
-                // Answered without a server connection (e.g. re-preparing a
-                // statement that is known to parse).
-                if !self.flush().await {
-                    return;
-                }
-                continue;
-            }
-            tracing::trace!(client = self.registration.key().pid, "checkout");
-            let mut conn = match self.pool.checkout().await {
-                Ok(conn) => {
-                    tracing::trace!(
-                        client = self.registration.key().pid,
-                        server = conn.pid,
-                        "checked out"
-                    );
-                    conn
-                }
-                Err(error) => {
-                    self.fail_request(pool_error_bytes(&error, false));
-                    if !self.flush().await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if !self.prepare(&mut conn).await {
-                continue;
-            }
-            // Building a target allocates; most checkouts reuse the connection
-            // the key already points at.
-            if !self.registration.points_at(&conn.addr, conn.pid) {
-                self.registration.retarget(cancel_target(&conn));
-            }
-            self.registration.set_linked(true);
-            let end = relay::run(
-                &mut self.client,
-                &mut conn,
-                &mut self.state,
-                &self.catalog,
-                self.limit,
-                &mut watch,
-            )
-            .await;
-            self.count_pin();
-            // Pinned sessions keep their connection; everyone else's cancel
-            // key must stop pointing at it before it goes back to the pool.
-            self.registration.set_linked(false);
-            if !self.finish_stretch(conn, end).await {
+            if !self.serve_request(&mut watch).await {
                 return;
             }
         }
+    }
+
+    /// Serves the buffered request (and whatever follows it on the same
+    /// connection); false when the session ends.
+    async fn serve_request(&mut self, watch: &mut ShutdownWatch) -> bool {
+        if let Some(error) = self.state.owed_error.take() {
+            self.fail_request(error);
+            return self.flush().await;
+        }
+        let proxy = Arc::clone(&self.proxy);
+        let functions = &proxy.write_functions;
+        if local::answer(&mut self.state, &self.catalog, functions) || self.answer_route_setting() {
+            // Answered without a server connection (e.g. re-preparing a
+            // statement that is known to parse).
+            return self.flush().await;
+        }
+        let limit = self.proxy.config.server.max_message_size;
+        let request = request::inspect(
+            &self.state.client_in,
+            limit,
+            &self.state.statements,
+            functions,
+            &self.shared.learned_writes,
+        );
+        let read = !std::mem::take(&mut self.force_primary)
+            && (request.read || self.settings.read_only_by_default());
+        let Some(routed) = self.route(read, &request).await else {
+            return self.flush().await;
+        };
+        tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
+        let mut conn = match routed.pool.checkout().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                self.fail_request(pool_error_bytes(&error, false));
+                return self.flush().await;
+            }
+        };
+        if !self.prepare(&mut conn).await {
+            return true;
+        }
+        // Building a target allocates; most checkouts reuse the connection
+        // the key already points at.
+        if !self.registration.points_at(&conn.addr, conn.pid) {
+            self.registration.retarget(cancel_target(&conn));
+        }
+        if routed.plan.retryable {
+            self.state.replay.clear();
+            self.state
+                .replay
+                .extend_from_slice(&self.state.client_in[..request.len]);
+        }
+        self.registration.set_linked(true);
+        let end = relay::run(
+            &mut self.client,
+            &mut conn,
+            &mut self.state,
+            &self.catalog,
+            &self.proxy.write_functions,
+            routed.plan,
+            limit,
+            watch,
+        )
+        .await;
+        drop(routed.load);
+        self.count_pin();
+        // Pinned sessions keep their connection; everyone else's cancel
+        // key must stop pointing at it before it goes back to the pool.
+        self.registration.set_linked(false);
+        if let StretchEnd::Retry { reusable } = end {
+            self.retry_on_primary(conn, reusable, request);
+            return true;
+        }
+        if routed.wrote && matches!(end, StretchEnd::Idle | StretchEnd::IdleDraining) {
+            self.note_causal_lsn(&mut conn).await;
+        }
+        self.finish_stretch(conn, end).await
+    }
+
+    /// Picks the node for a request; `None` after answering it with an
+    /// error (no primary within the failover timeout).
+    async fn route(&mut self, read: bool, request: &Request) -> Option<Routed> {
+        let routing = &self.proxy.config.routing;
+        let mut snapshot = self.shared.topology.snapshot();
+        let mut target = self.policy.choose(&snapshot, read);
+        if target == Target::AwaitPrimary {
+            match wait_for_primary(&self.shared.topology, routing.failover_timeout).await {
+                Ok(_) => {
+                    snapshot = self.shared.topology.snapshot();
+                    target = self.policy.choose(&snapshot, read);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "request failed: no primary");
+                    let error = ClientError {
+                        severity: "ERROR",
+                        code: NoPrimary::SQLSTATE,
+                        message: error.to_string(),
+                    };
+                    self.fail_request(error.to_bytes().freeze());
+                    return None;
+                }
+            }
+        }
+        let (index, wrote) = match target {
+            Target::Primary(index) => (index, true),
+            Target::Replica(index) => (index, false),
+            Target::AwaitPrimary => {
+                // The primary vanished again between two loads: try again later.
+                let error = ClientError {
+                    severity: "ERROR",
+                    code: NoPrimary::SQLSTATE,
+                    message: "the primary changed while the request waited; retry".into(),
+                };
+                self.fail_request(error.to_bytes().freeze());
+                return None;
+            }
+        };
+        let member = &snapshot.members[index];
+        let on_primary = snapshot.primary == Some(index);
+        let plan = Plan {
+            gated: !on_primary,
+            retryable: !on_primary
+                && routing.retry_on_primary
+                && request.replayable
+                && request.len > 0,
+        };
+        Some(Routed {
+            pool: self.pools.get(&self.shared, &member.addr),
+            load: member.load.start(),
+            plan,
+            wrote,
+        })
+    }
+
+    /// A replica refused the request as a write (or was lost before
+    /// answering): remember the statement and run it again on the primary.
+    fn retry_on_primary(&mut self, conn: PooledConnection, reusable: bool, request: Request) {
+        if reusable {
+            conn.checkin();
+        } else {
+            conn.discard();
+            self.state.tracker.clear();
+        }
+        if let Some((start, end)) = request.text.filter(|_| reusable) {
+            self.shared
+                .learned_writes
+                .insert(&self.state.replay[start..end]);
+        }
+        tracing::debug!(reusable, "retrying a replica's request on the primary");
+        let mut restored =
+            BytesMut::with_capacity(self.state.replay.len() + self.state.client_in.len());
+        restored.extend_from_slice(&self.state.replay);
+        restored.extend_from_slice(&self.state.client_in);
+        self.state.client_in = restored;
+        self.force_primary = true;
+    }
+
+    /// After a write transaction, records where the primary's WAL stands,
+    /// so that this session's reads wait for a replica that has it.
+    async fn note_causal_lsn(&mut self, conn: &mut PooledConnection) {
+        if self.policy.consistency != Consistency::ReadYourWrites {
+            return;
+        }
+        match internal::query(conn, "SELECT pg_catalog.pg_current_wal_lsn()").await {
+            Ok(result) => {
+                let lsn = result
+                    .rows
+                    .first()
+                    .and_then(|row| row.first())
+                    .and_then(|text| parse_lsn(text));
+                if lsn.is_some() {
+                    self.policy.causal_lsn = lsn.max(self.policy.causal_lsn);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "could not read the write's LSN; reads go to the primary");
+                self.policy.causal_lsn = Some(u64::MAX);
+            }
+        }
+    }
+
+    /// Answers `SET switchyard.route = …` (and RESET) without a server.
+    fn answer_route_setting(&mut self) -> bool {
+        let limit = self.proxy.config.server.max_message_size;
+        let Ok(Some((b'Q', len))) = relay::complete_frame(&self.state.client_in, limit) else {
+            return false;
+        };
+        let frame = self.state.client_in.split_to(len);
+        let body = &frame[5..];
+        let sql = body.strip_suffix(b"\0").unwrap_or(body);
+        let Some(value) = crate::router::access::route_setting(sql) else {
+            // Not ours: put it back untouched (split_to/unsplit costs no copy).
+            let rest = std::mem::replace(&mut self.state.client_in, frame);
+            self.state.client_in.unsplit(rest);
+            return false;
+        };
+        let value = String::from_utf8_lossy(value).into_owned();
+        match Route::parse(&value) {
+            Some(route) => {
+                self.policy.route = route;
+                let reset = sql
+                    .trim_ascii_start()
+                    .get(..5)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"reset"));
+                let verb = if reset { "RESET" } else { "SET" };
+                messages::command_complete(&mut self.state.to_client, verb);
+            }
+            None => ClientError {
+                severity: "ERROR",
+                code: "22023",
+                message: invalid_route(&value),
+            }
+            .encode(&mut self.state.to_client),
+        }
+        messages::ready_for_query_idle(&mut self.state.to_client);
+        true
     }
 
     /// Waits until a complete client message is buffered; false when the session ends.
     async fn wait_for_request(&mut self, watch: &mut ShutdownWatch) -> bool {
         use tokio::io::AsyncReadExt;
         loop {
-            if self.state.client_in.len() >= 5 {
-                let tag = self.state.client_in[0];
-                if tag == b'X' {
-                    return false;
-                }
-                return true;
+            let limit = self.proxy.config.server.max_message_size;
+            // The router reads the request's first message whole; a frame
+            // that is too long is the relay's to report.
+            if !matches!(
+                relay::complete_frame(&self.state.client_in, limit),
+                Ok(None)
+            ) {
+                return self.state.client_in[0] != b'X';
             }
             // Idle clients are the many: keep their buffer small until they speak.
             self.state.client_in.reserve(512);
@@ -363,7 +616,7 @@ impl TransactionSession {
                 true
             }
             Err(error) => {
-                tracing::warn!(%error, pool = %self.pool.key(), "could not apply session settings");
+                tracing::warn!(%error, pool = %conn.pool().key(), "could not apply session settings");
                 let message = match error {
                     InternalError::Refused(raw) => as_error(&raw),
                     InternalError::Connection(reason) => ClientError {
@@ -387,7 +640,8 @@ impl TransactionSession {
     fn fail_request(&mut self, error: Bytes) {
         use bytes::Buf;
         self.state.to_client.extend_from_slice(&error);
-        while let Ok(Some((tag, len))) = relay::complete_frame(&self.state.client_in, self.limit) {
+        let limit = self.proxy.config.server.max_message_size;
+        while let Ok(Some((tag, len))) = relay::complete_frame(&self.state.client_in, limit) {
             self.state.client_in.advance(len);
             if matches!(tag, b'S' | b'Q' | b'F') {
                 break;
@@ -405,7 +659,11 @@ impl TransactionSession {
     fn count_pin(&mut self) {
         if let Some(reason) = self.state.new_pin.take() {
             self.shared.pins.count(reason);
-            tracing::debug!(?reason, pool = %self.pool.key(), "client pinned to its server connection");
+            tracing::debug!(
+                ?reason,
+                client = self.registration.key().pid,
+                "client pinned to its server connection"
+            );
         }
     }
 
@@ -457,6 +715,11 @@ impl TransactionSession {
                 false
             }
             StretchEnd::ServerLost => self.server_lost(conn).await,
+            // Handled before the stretch is finished.
+            StretchEnd::Retry { .. } => {
+                conn.discard();
+                true
+            }
             StretchEnd::ServerProtocol(error) => {
                 tracing::warn!(%error, server = %conn.addr, "server sent an invalid message");
                 self.server_lost(conn).await

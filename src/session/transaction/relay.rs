@@ -23,6 +23,7 @@ use super::tracker::{Expect, ResponseTracker, Verdict};
 use crate::backend::ServerConnection;
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::{HEADER_LEN, check_length};
+use crate::router::access::WriteFunctions;
 use crate::router::effects::{SessionEffects, UnpinKind, session_effects_bytes};
 
 /// Output beyond this stops reading the input that feeds it.
@@ -69,6 +70,25 @@ pub enum StretchEnd {
     ServerProtocol(ProtocolError),
     /// The shutdown timeout expired.
     HardStop,
+    /// A replica refused the read as writing (25006), or was lost, before
+    /// any of the answer reached the client: run it again on the primary.
+    /// `reusable` says whether the replica connection is still good.
+    Retry {
+        /// The connection is idle and healthy.
+        reusable: bool,
+    },
+}
+
+/// How a stretch runs, decided by the router before it starts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plan {
+    /// The node is not the primary: forward one request at a time, and end
+    /// the stretch at the first idle point, so that a later request that
+    /// writes is routed afresh instead of following this one.
+    pub gated: bool,
+    /// The first request may be re-run on the primary: hold the answer back
+    /// until it is known not to be a refusal (first row, or ReadyForQuery).
+    pub retryable: bool,
 }
 
 /// What a client session carries from one stretch to the next.
@@ -93,12 +113,23 @@ pub struct ClientState {
     pub owed_error: Option<bytes::Bytes>,
     /// Newly pinned for this reason (for counting and logging).
     pub new_pin: Option<crate::router::effects::PinReason>,
+    /// A copy of the request a replica is running, in case the primary
+    /// must run it instead (reused buffer).
+    pub replay: BytesMut,
 }
 
 /// Per-stretch scratch state.
 struct Stretch<'a> {
     state: &'a mut ClientState,
     catalog: &'a PoolCatalog,
+    functions: &'a WriteFunctions,
+    plan: Plan,
+    /// Gated stretch: a request was sent and its ReadyForQuery is due.
+    gate_closed: bool,
+    /// Output to the client is held back (see [`Plan::retryable`]).
+    holding: bool,
+    /// The held answer is a 25006 refusal: retry on the primary.
+    refused: bool,
     prepared: &'a mut HashSet<u64>,
     to_server: BytesMut,
     server_in: BytesMut,
@@ -118,11 +149,14 @@ enum Event {
 }
 
 /// Relays until the next idle point (or the end of the session).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: &mut TcpStream,
     conn: &mut ServerConnection,
     state: &mut ClientState,
     catalog: &PoolCatalog,
+    functions: &WriteFunctions,
+    plan: Plan,
     limit: usize,
     shutdown: &mut ShutdownWatch,
 ) -> StretchEnd {
@@ -135,6 +169,11 @@ pub async fn run(
     let mut stretch = Stretch {
         state,
         catalog,
+        functions,
+        plan,
+        gate_closed: false,
+        holding: plan.retryable,
+        refused: false,
         prepared,
         to_server: BytesMut::with_capacity(8 * 1024),
         server_in: std::mem::take(pending),
@@ -155,6 +194,10 @@ pub async fn run(
         if let Err(error) = stretch.handle_server() {
             return StretchEnd::ServerProtocol(error);
         }
+        if stretch.refused && stretch.at_ready && stretch.state.tracker.is_empty() {
+            stretch.state.to_client.clear();
+            return StretchEnd::Retry { reusable: true };
+        }
         let idle = stretch.at_idle_point();
         if idle && !stretch.state.pins.is_pinned() {
             return StretchEnd::Idle;
@@ -169,10 +212,10 @@ pub async fn run(
             biased;
             () = shutdown.hard_stop.as_mut() => Event::HardStop,
             () = shutdown.draining.as_mut(), if !drain_seen => Event::Draining,
-            r = client_write.write(&s.state.to_client), if !s.state.to_client.is_empty() => Event::ClientWrote(r),
+            r = client_write.write(&s.state.to_client), if !s.holding && !s.state.to_client.is_empty() => Event::ClientWrote(r),
             r = server_write.write(&s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
             r = server_read.read_buf(&mut s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
-            r = client_read.read_buf(&mut s.state.client_in), if s.to_server.len() < HIGH_WATER => Event::ClientRead(r),
+            r = client_read.read_buf(&mut s.state.client_in), if !s.gate_closed && s.to_server.len() < HIGH_WATER => Event::ClientRead(r),
         };
         match event {
             Event::HardStop => return StretchEnd::HardStop,
@@ -183,6 +226,12 @@ pub async fn run(
             Event::ServerRead(Ok(n)) if n > 0 => {}
             Event::ClientWrote(_) | Event::ClientRead(_) => return StretchEnd::ClientGone,
             Event::ServerWrote(_) | Event::ServerRead(_) => {
+                if stretch.holding {
+                    // Nothing of the answer reached the client: the primary
+                    // can answer it instead.
+                    stretch.state.to_client.clear();
+                    return StretchEnd::Retry { reusable: false };
+                }
                 // Keep what the server said last (e.g. its FATAL) for the client.
                 let _ = stretch.handle_server();
                 return StretchEnd::ServerLost;
@@ -211,7 +260,7 @@ impl Stretch<'_> {
         self.at_ready
             && self.status == b'I'
             && self.state.tracker.is_empty()
-            && self.state.client_in.is_empty()
+            && (self.gate_closed || self.state.client_in.is_empty())
             && self.state.to_client.is_empty()
             && self.to_server.is_empty()
             && self.server_in.is_empty()
@@ -225,6 +274,9 @@ impl Stretch<'_> {
         let mut input = std::mem::take(&mut self.state.client_in);
         let mut pos = 0;
         let result = loop {
+            if self.gate_closed {
+                break Ok(true);
+            }
             let (tag, len) = match complete_frame(&input[pos..], self.limit) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break Ok(true),
@@ -238,6 +290,9 @@ impl Stretch<'_> {
                 break Err(error);
             }
             pos += len;
+            if self.plan.gated && matches!(tag, b'Q' | b'S' | b'F') {
+                self.gate_closed = true;
+            }
             self.release_replies();
         };
         input.advance(pos);
@@ -290,20 +345,14 @@ impl Stretch<'_> {
 
     fn client_parse(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
         let parse = statements::read_parse(&frame[HEADER_LEN..])?;
-        let effects = session_effects_bytes(parse.query);
         if parse.name.is_empty() {
-            self.note_effects(&effects);
+            self.note_effects(&session_effects_bytes(parse.query));
             self.to_server.extend_from_slice(frame);
             self.state.tracker.push(Expect::Parse(0));
             return Ok(());
         }
-        let internal = statements::definition_hash(parse.definition);
-        let statement = ClientStatement {
-            internal,
-            definition: bytes::Bytes::copy_from_slice(parse.definition),
-            pins: !effects.pins.is_empty(),
-            sets_session_state: effects.sets_session_state,
-        };
+        let statement = ClientStatement::from_parse(&parse, self.functions);
+        let internal = statement.internal;
         self.state.statements.define(parse.name, statement);
         if self.prepared.contains(&internal) {
             self.state
@@ -430,6 +479,7 @@ impl Stretch<'_> {
             if rest.len() < total {
                 if total >= STREAM_THRESHOLD && matches!(tag, b'D' | b'd') {
                     // Rows and COPY data need no inspection: stream them.
+                    self.holding = false;
                     self.release_replies();
                     self.server_streaming = total;
                     continue;
@@ -448,6 +498,29 @@ impl Stretch<'_> {
             }
         }
         result
+    }
+
+    /// While the answer is held: a 25006 refusal means retry (if the
+    /// request ends outside a transaction); a row, COPY data, or a large
+    /// answer means the result is real and is released.
+    fn watch_held(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            b'E' if crate::protocol::messages::error_code(&frame[HEADER_LEN..])
+                == Some(b"25006") =>
+            {
+                self.refused = true;
+            }
+            b'Z' => {
+                let status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
+                if !(self.refused && status == b'I') {
+                    self.refused = false;
+                    self.holding = false;
+                }
+            }
+            b'D' | b'd' | b'G' | b'H' | b'W' => self.holding = false,
+            _ if self.state.to_client.len() >= HIGH_WATER / 2 => self.holding = false,
+            _ => {}
+        }
     }
 
     fn release_replies(&mut self) {
@@ -474,6 +547,9 @@ impl Stretch<'_> {
             self.prepared.remove(&failed);
             self.state.statements.forget_internal(failed);
         }
+        if self.holding {
+            self.watch_held(tag, frame);
+        }
         match tag {
             b'E' => self.state.pins.note_failure(),
             b'C' if frame[HEADER_LEN..].starts_with(b"ROLLBACK") => self.state.pins.note_failure(),
@@ -482,6 +558,10 @@ impl Stretch<'_> {
                 self.status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
                 if self.status == b'I' {
                     self.state.pins.transaction_ended();
+                } else {
+                    // Inside a (read-only) transaction: its next request
+                    // belongs to it, wherever it goes.
+                    self.gate_closed = false;
                 }
             }
             _ => {}

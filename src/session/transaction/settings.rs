@@ -60,6 +60,30 @@ impl SessionSettings {
         }
     }
 
+    /// Removes and returns the proxy's own `switchyard.route` setting (from
+    /// a startup `-c switchyard.route=…`): it is never sent to a server.
+    pub fn take_route(&mut self) -> Option<String> {
+        let index = self
+            .pairs
+            .iter()
+            .position(|(name, _)| name == crate::router::access::ROUTE_SETTING)?;
+        let (_, value) = self.pairs.remove(index);
+        *self = Self::from_pairs(std::mem::take(&mut self.pairs));
+        Some(value)
+    }
+
+    /// True when the session's transactions are read-only by default
+    /// (`default_transaction_read_only = on`).
+    pub fn read_only_by_default(&self) -> bool {
+        self.pairs.iter().any(|(name, value)| {
+            name == "default_transaction_read_only"
+                && matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "on" | "true" | "1" | "yes"
+                )
+        })
+    }
+
     /// 0 for server defaults; equal settings have equal fingerprints.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
@@ -192,5 +216,36 @@ mod tests {
         let a = SessionSettings::from_pairs(params(&[("a", "1"), ("b", "2")]));
         let b = SessionSettings::from_pairs(params(&[("b", "2"), ("a", "1")]));
         assert_eq!(a.fingerprint(), b.fingerprint());
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn the_route_option_is_taken_out_of_the_settings() {
+        let params = vec![
+            ("user".to_owned(), "app".to_owned()),
+            (
+                "options".to_owned(),
+                "-c switchyard.route=replica -c search_path=x".to_owned(),
+            ),
+        ];
+        let mut settings = SessionSettings::from_startup(&params);
+        let expected = SessionSettings::from_pairs(vec![("search_path".into(), "x".into())]);
+        assert_eq!(settings.take_route().as_deref(), Some("replica"));
+        assert_eq!(settings, expected);
+        assert_eq!(settings.take_route(), None);
+    }
+
+    #[test]
+    fn read_only_default_is_read_from_the_settings() {
+        let on = SessionSettings::from_pairs(vec![(
+            "default_transaction_read_only".into(),
+            "on".into(),
+        )]);
+        assert!(on.read_only_by_default());
+        assert!(!SessionSettings::default().read_only_by_default());
     }
 }

@@ -12,6 +12,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::BodyReader;
+use crate::router::access::{self, Access, WriteFunctions};
+use crate::router::effects::session_effects_bytes;
 
 /// One statement the client prepared.
 #[derive(Debug, Clone)]
@@ -24,6 +26,22 @@ pub struct ClientStatement {
     pub pins: bool,
     /// Executing it changes session settings (e.g. calls set_config).
     pub sets_session_state: bool,
+    /// It only reads: a replica may run it (classified once, at Parse).
+    pub read: bool,
+}
+
+impl ClientStatement {
+    /// The statement a client's Parse defines, classified once.
+    pub fn from_parse(parse: &ParseMessage<'_>, functions: &WriteFunctions) -> Self {
+        let effects = session_effects_bytes(parse.query);
+        Self {
+            internal: definition_hash(parse.definition),
+            definition: Bytes::copy_from_slice(parse.definition),
+            pins: !effects.pins.is_empty(),
+            sets_session_state: effects.sets_session_state,
+            read: access::classify(parse.query, functions) == Access::Read,
+        }
+    }
 }
 
 /// A client's named statements, by the client's name.
@@ -249,6 +267,7 @@ mod tests {
                 definition: Bytes::new(),
                 pins: false,
                 sets_session_state: false,
+                read: false,
             },
         );
         let body = b"SERROR\0Mprepared statement \"sy_0000000000001234\" requires 2\0\0";
