@@ -61,7 +61,7 @@ fn demo_config(cluster: &LocalCluster) -> Result<Config, crate::config::ConfigEr
         .map(|n| format!("\"{}\"", n.addr()))
         .collect();
     let text = format!(
-        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:9930\"\n\n\
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:9930\"\npool_mode = \"transaction\"\n\n\
          [cluster]\nnodes = [{}]\nprimary = \"{}\"\n\n\
          [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n",
         nodes.join(", "),
@@ -98,7 +98,7 @@ async fn serve(config: Config, cluster: &LocalCluster) -> ExitCode {
     };
     let _ = writeln!(
         out,
-        "Connect through switchyard ({mode} pooling, writes to the primary):"
+        "Connect through switchyard ({mode} pooling; writes to the primary, reads spread over the replicas in transaction mode):"
     );
     let _ = writeln!(
         out,

@@ -356,7 +356,9 @@ fn declares_read_only(mut look: Lexer<'_>) -> bool {
             break;
         }
         if t.is_keyword("read") {
-            match look.next() {
+            // Peek: in `REPEATABLE READ READ ONLY` the word after the first
+            // READ starts the next mode.
+            match look.clone().next() {
                 Some(m) if m.is_keyword("only") => read_only = true,
                 Some(m) if m.is_keyword("write") => read_only = false,
                 _ => {}

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use crate::backend::query::{self as internal, InternalError};
 use crate::config::{Consistency, Route};
 use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
-use crate::pool::{Pool, PoolError, PoolSettings, PooledConnection};
+use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
 use crate::router::target::{NoPrimary, Policy, Target, wait_for_primary};
@@ -392,13 +392,27 @@ impl TransactionSession {
         tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
         let mut conn = match routed.pool.checkout().await {
             Ok(conn) => conn,
+            Err(error) if routed.plan.gated => {
+                // A replica that cannot serve is not the client's problem.
+                tracing::debug!(%error, "replica unavailable; the primary serves the read");
+                self.force_primary = true;
+                return true;
+            }
             Err(error) => {
                 self.fail_request(pool_error_bytes(&error, false));
                 return self.flush().await;
             }
         };
-        if !self.prepare(&mut conn).await {
-            return true;
+        if let Err(error) = self.prepare(&mut conn).await {
+            if routed.plan.gated && matches!(error, InternalError::Connection(_)) {
+                conn.discard();
+                self.force_primary = true;
+                return true;
+            }
+            let key = conn.pool().key().clone();
+            conn.discard();
+            self.settings_failed(error, &key);
+            return self.flush().await;
         }
         // Building a target allocates; most checkouts reuse the connection
         // the key already points at.
@@ -606,32 +620,29 @@ impl TransactionSession {
     }
 
     /// Brings a freshly checked-out connection to the client's settings.
-    async fn prepare(&mut self, conn: &mut PooledConnection) -> bool {
+    async fn prepare(&mut self, conn: &mut PooledConnection) -> Result<(), InternalError> {
         if conn.settings_fingerprint == self.settings.fingerprint() {
-            return true;
+            return Ok(());
         }
-        match internal::query(conn, &self.settings.apply_sql()).await {
-            Ok(_) => {
-                conn.settings_fingerprint = self.settings.fingerprint();
-                true
+        internal::query(conn, &self.settings.apply_sql()).await?;
+        conn.settings_fingerprint = self.settings.fingerprint();
+        Ok(())
+    }
+
+    /// Tells the client its settings could not be applied.
+    fn settings_failed(&mut self, error: InternalError, pool: &PoolKey) {
+        tracing::warn!(%error, %pool, "could not apply session settings");
+        let message = match error {
+            InternalError::Refused(raw) => as_error(&raw),
+            InternalError::Connection(reason) => ClientError {
+                severity: "ERROR",
+                code: "08006",
+                message: reason,
             }
-            Err(error) => {
-                tracing::warn!(%error, pool = %conn.pool().key(), "could not apply session settings");
-                let message = match error {
-                    InternalError::Refused(raw) => as_error(&raw),
-                    InternalError::Connection(reason) => ClientError {
-                        severity: "ERROR",
-                        code: "08006",
-                        message: reason,
-                    }
-                    .to_bytes()
-                    .freeze(),
-                };
-                self.fail_request(message);
-                let _ = self.flush().await;
-                false
-            }
-        }
+            .to_bytes()
+            .freeze(),
+        };
+        self.fail_request(message);
     }
 
     /// Answers the buffered request with `error` as PostgreSQL would: the

@@ -71,6 +71,10 @@ pub fn inspect(
                     return Request::UNSURE;
                 };
                 let read = is_read(parse.query, functions, learned);
+                // Even a prepare-only request of a write goes to the
+                // primary: its Parse may need a table a replica has yet
+                // to replay.
+                request.read &= read;
                 let offset = parse.query.as_ptr() as usize - buf.as_ptr() as usize;
                 request.text = Some((offset, offset + parse.query.len()));
                 if parse.name.is_empty() {

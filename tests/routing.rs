@@ -1,0 +1,442 @@
+//! Read/write routing through the real binary, against a primary and two
+//! streaming replicas: where reads and writes land, the classifier's traps,
+//! read-only transactions, lag, read-your-writes, replicas going away.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use support::{APP_DB, APP_PASSWORD, APP_USER, Harness, ProxyProcess, connect, spec};
+use switchyard::testcluster::{ClusterSpec, LocalCluster};
+
+/// A primary, two replicas, and the proxy routing across all three.
+fn routed(extra_routing: &str, extra_conf: &[&str]) -> Harness {
+    let mut users = spec().users;
+    users.push(("reporting".into(), APP_PASSWORD.into()));
+    let cluster = LocalCluster::start(&ClusterSpec {
+        replicas: 2,
+        users,
+        extra_conf: extra_conf.iter().map(|s| (*s).to_owned()).collect(),
+        ..spec()
+    })
+    .expect("start cluster");
+    let proxy = ProxyProcess::start(&routing_config(&cluster, extra_routing));
+    let h = Harness { proxy, cluster };
+    wait_for_replicas_in_rotation(&h);
+    h
+}
+
+fn routing_config(cluster: &LocalCluster, extra_routing: &str) -> String {
+    let primary = cluster.primary().addr();
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .map(|n| format!("\"{}\"", n.addr()))
+        .collect();
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "127.0.0.1:0"
+pool_mode = "transaction"
+shutdown_timeout = "5s"
+
+[cluster]
+nodes = [{nodes}]
+primary = "{primary}"
+monitor_user = "postgres"
+probe_interval = "100ms"
+
+[routing]
+{extra_routing}
+
+[[users]]
+name = "{APP_USER}"
+password = "{APP_PASSWORD}"
+
+[[users]]
+name = "postgres"
+password = "{superpw}"
+
+[[users]]
+name = "reporting"
+password = "{APP_PASSWORD}"
+route = "replica"
+"#,
+        nodes = nodes.join(", "),
+        superpw = cluster.superuser_password()
+    )
+}
+
+fn port_of(node: &switchyard::testcluster::Node) -> u16 {
+    node.addr().rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+fn ports(h: &Harness) -> (u16, u16, u16) {
+    let replicas = h.cluster.replicas();
+    (
+        port_of(h.cluster.primary()),
+        port_of(&replicas[0]),
+        port_of(&replicas[1]),
+    )
+}
+
+/// The proxy probes at startup; reads before the first probe go to the primary.
+fn wait_for_replicas_in_rotation(h: &Harness) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = connect(&h.proxy_dsn()).await;
+        let (_, r1, r2) = ports(h);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = (false, false);
+        while !(seen.0 && seen.1) {
+            assert!(Instant::now() < deadline, "replicas never served a read");
+            let port = server_port(&client).await;
+            seen.0 |= port == r1;
+            seen.1 |= port == r2;
+        }
+    });
+}
+
+async fn server_port(client: &tokio_postgres::Client) -> u16 {
+    let row = client
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("read through the proxy");
+    row.get::<_, i32>(0) as u16
+}
+
+async fn simple_port(client: &tokio_postgres::Client, sql: &str) -> u16 {
+    let messages = client.simple_query(sql).await.expect(sql);
+    for message in messages {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            return row.get(0).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no row from {sql}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autocommit_reads_spread_evenly_over_replicas_and_writes_hit_the_primary() {
+    let h = tokio::task::spawn_blocking(|| routed("", &[]))
+        .await
+        .unwrap();
+    let (primary, r1, r2) = ports(&h);
+    let client = connect(&h.proxy_dsn()).await;
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..1000 {
+        *counts.entry(server_port(&client).await).or_default() += 1;
+    }
+    let (a, b) = (
+        counts.get(&r1).copied().unwrap_or(0),
+        counts.get(&r2).copied().unwrap_or(0),
+    );
+    println!(
+        "1000 reads: replica {r1}: {a}, replica {b}: {r2}, primary: {:?}",
+        counts.get(&primary)
+    );
+    assert_eq!(a + b, 1000, "every read on a replica: {counts:?}");
+    assert!((400..=600).contains(&a), "within ±20 % of even: {counts:?}");
+
+    client
+        .batch_execute("CREATE TABLE landed (port int)")
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        client
+            .execute("INSERT INTO landed SELECT inet_server_port()", &[])
+            .await
+            .unwrap();
+    }
+    let landed = h.cluster.primary().psql_db(
+        APP_DB,
+        "SELECT count(*) || ' ' || min(port) || ' ' || max(port) FROM landed",
+    );
+    assert_eq!(landed.unwrap(), format!("100 {primary} {primary}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classifier_traps_land_on_the_primary_and_no_read_only_error_reaches_the_client() {
+    let h = tokio::task::spawn_blocking(|| routed("", &[]))
+        .await
+        .unwrap();
+    let (primary, _, _) = ports(&h);
+    let client = connect(&h.proxy_dsn()).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int primary key, port int); \
+             INSERT INTO t VALUES (1, 0), (2, 0); \
+             CREATE SEQUENCE s; \
+             CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS \
+               $$ UPDATE t SET port = inet_server_port() WHERE id = 2; SELECT inet_server_port() $$;",
+        )
+        .await
+        .unwrap();
+    // Wait until the replicas have the schema.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let traps = [
+        "WITH d AS (DELETE FROM t WHERE id = 99 RETURNING *) SELECT inet_server_port()",
+        "SELECT inet_server_port() FROM t WHERE id = 1 FOR UPDATE",
+        "SELECT inet_server_port() FROM t FOR SHARE LIMIT 1",
+        "SELECT inet_server_port(), nextval('s')",
+        "/* switchyard: primary */ SELECT inet_server_port()",
+    ];
+    for trap in traps {
+        for _ in 0..5 {
+            assert_eq!(simple_port(&client, trap).await, primary, "{trap}");
+        }
+    }
+    // SELECT INTO creates a table: on the primary.
+    client
+        .simple_query("SELECT inet_server_port() AS port INTO made_here")
+        .await
+        .unwrap();
+    let made = h
+        .cluster
+        .primary()
+        .psql_db(APP_DB, "SELECT port FROM made_here")
+        .unwrap();
+    assert_eq!(made, primary.to_string());
+    // A function that writes looks like a read: a replica refuses it with
+    // 25006, the proxy re-runs it on the primary, the client sees a result.
+    for _ in 0..20 {
+        assert_eq!(simple_port(&client, "SELECT bump()").await, primary);
+        let row = client.query_one("SELECT bump()", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0) as u16, primary);
+    }
+    let bumped = h
+        .cluster
+        .primary()
+        .psql_db(APP_DB, "SELECT port FROM t WHERE id = 2")
+        .unwrap();
+    assert_eq!(bumped, primary.to_string());
+    // No 25006 ever reached the client: every call above returned a row.
+    let log = h.proxy.log();
+    assert!(
+        log.contains("retrying a replica's request on the primary"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_transactions_run_on_a_replica_and_read_write_ones_on_the_primary() {
+    let h = tokio::task::spawn_blocking(|| routed("", &[]))
+        .await
+        .unwrap();
+    let (primary, r1, r2) = ports(&h);
+    let client = connect(&h.proxy_dsn()).await;
+    client
+        .batch_execute("CREATE TABLE w (port int)")
+        .await
+        .unwrap();
+    for begin in [
+        "BEGIN READ ONLY",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    ] {
+        for _ in 0..10 {
+            client.batch_execute(begin).await.unwrap();
+            let first = simple_port(&client, "SELECT inet_server_port()").await;
+            let second = simple_port(&client, "SELECT inet_server_port()").await;
+            client.batch_execute("COMMIT").await.unwrap();
+            assert!(first == r1 || first == r2, "{begin}: ran on {first}");
+            assert_eq!(first, second, "one transaction, one node");
+        }
+    }
+    for _ in 0..10 {
+        client.batch_execute("BEGIN").await.unwrap();
+        let before = simple_port(&client, "SELECT inet_server_port()").await;
+        client
+            .batch_execute("INSERT INTO w SELECT inet_server_port()")
+            .await
+            .unwrap();
+        let after = simple_port(&client, "SELECT inet_server_port()").await;
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!((before, after), (primary, primary));
+    }
+    // A reporting user goes to replicas whatever it sends; a route hint
+    // and SET switchyard.route move a session.
+    let reporting = connect(&h.proxy_dsn().replace("user=app", "user=reporting")).await;
+    let port = server_port(&reporting).await;
+    assert!(port == r1 || port == r2);
+    client
+        .batch_execute("SET switchyard.route = 'primary'")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(server_port(&client).await, primary);
+    }
+    client
+        .batch_execute("RESET switchyard.route")
+        .await
+        .unwrap();
+    let started = connect(&format!(
+        "{} options='-c switchyard.route=primary'",
+        h.proxy_dsn()
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(server_port(&started).await, primary);
+    }
+    let bad = client
+        .batch_execute("SET switchyard.route = 'sideways'")
+        .await;
+    assert_eq!(
+        bad.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lagging_replica_leaves_rotation_within_a_second_and_returns() {
+    let h = tokio::task::spawn_blocking(|| routed("max_replica_lag_bytes = 65536", &[]))
+        .await
+        .unwrap();
+    let (_, r1, r2) = ports(&h);
+    let client = connect(&h.proxy_dsn()).await;
+    client
+        .batch_execute("CREATE TABLE filler (x text)")
+        .await
+        .unwrap();
+    h.cluster.replicas()[0]
+        .psql("SELECT pg_wal_replay_pause()")
+        .unwrap();
+    // About 1 MB of WAL the paused replica cannot replay.
+    client
+        .batch_execute("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 8000)")
+        .await
+        .unwrap();
+    let written = Instant::now();
+    let left = loop {
+        let window: Vec<u16> = {
+            let mut ports = Vec::new();
+            for _ in 0..20 {
+                ports.push(server_port(&client).await);
+            }
+            ports
+        };
+        if window.iter().all(|&p| p == r2) {
+            break written.elapsed();
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(5),
+            "paused replica stayed in rotation"
+        );
+    };
+    println!("paused replica left rotation {left:?} after the write");
+    assert!(left <= Duration::from_secs(1), "took {left:?}");
+    h.cluster.replicas()[0]
+        .psql("SELECT pg_wal_replay_resume()")
+        .unwrap();
+    let resumed = Instant::now();
+    loop {
+        if server_port(&client).await == r1 {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(5),
+            "replica never came back"
+        );
+    }
+    println!(
+        "resumed replica back in rotation after {:?}",
+        resumed.elapsed()
+    );
+}
+
+/// Runs `iterations` of "insert a row, read it back at once" on `clients`
+/// connections; returns how many reads missed their own row.
+async fn read_after_write_misses(dsn: &str, clients: usize, iterations: usize) -> usize {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let dsn = dsn.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&dsn).await;
+            let mut misses = 0;
+            for i in 0..iterations {
+                let id = (c * iterations + i) as i32;
+                client
+                    .execute("INSERT INTO ryw VALUES ($1)", &[&id])
+                    .await
+                    .unwrap();
+                let found = client
+                    .query_opt("SELECT id FROM ryw WHERE id = $1", &[&id])
+                    .await
+                    .unwrap();
+                misses += usize::from(found.is_none());
+            }
+            misses
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_your_writes_never_misses_while_replicas_lag() {
+    // Replicas apply WAL 50 ms late, like a busy replica.
+    let h = tokio::task::spawn_blocking(|| {
+        routed(
+            "consistency = \"read_your_writes\"",
+            &["recovery_min_apply_delay = '50ms'"],
+        )
+    })
+    .await
+    .unwrap();
+    let client = connect(&h.proxy_dsn()).await;
+    client
+        .batch_execute("CREATE TABLE ryw (id int primary key)")
+        .await
+        .unwrap();
+    drop(client);
+    let started = Instant::now();
+    let misses = read_after_write_misses(&h.proxy_dsn(), 4, 2500).await;
+    println!(
+        "read_your_writes: {misses} misses in 10000 insert-then-read ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(misses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eventual_reads_miss_under_lag() {
+    let h = tokio::task::spawn_blocking(|| routed("", &["recovery_min_apply_delay = '50ms'"]))
+        .await
+        .unwrap();
+    let client = connect(&h.proxy_dsn()).await;
+    client
+        .batch_execute("CREATE TABLE ryw (id int primary key)")
+        .await
+        .unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let misses = read_after_write_misses(&h.proxy_dsn(), 4, 500).await;
+    println!(
+        "eventual: {misses} misses in 2000 insert-then-read ({:.1} %)",
+        misses as f64 / 20.0
+    );
+    assert!(misses > 0, "replicas 50 ms behind must miss some reads");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_continue_on_the_primary_when_both_replicas_stop() {
+    let h = tokio::task::spawn_blocking(|| routed("", &[]))
+        .await
+        .unwrap();
+    let (primary, _, _) = ports(&h);
+    let client = connect(&h.proxy_dsn()).await;
+    for replica in h.cluster.replicas() {
+        replica.stop("immediate").unwrap();
+    }
+    // Reads keep working at once (a replica's lost connection is retried
+    // on the primary) and settle on the primary.
+    for _ in 0..200 {
+        let port = server_port(&client).await;
+        let _ = port;
+    }
+    for _ in 0..50 {
+        assert_eq!(server_port(&client).await, primary);
+    }
+}
