@@ -7,7 +7,15 @@ use super::ConfigError;
 
 const PREFIX: &str = "SWITCHYARD_";
 /// Sections an override may target; `users` is an array and is file-only.
-const SECTIONS: &[&str] = &["server", "cluster", "pool", "patroni", "kubernetes", "tls"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "cluster",
+    "pool",
+    "routing",
+    "patroni",
+    "kubernetes",
+    "tls",
+];
 /// Keys whose override may be a comma-separated list instead of TOML syntax.
 const LIST_KEYS: &[&str] = &["nodes", "urls"];
 /// Variables with the prefix that are not config keys.

@@ -539,6 +539,39 @@ mod tests {
     }
 
     #[test]
+    fn probe_topology_needs_no_primary() {
+        let text = MINIMAL.replace("primary = \"127.0.0.1:5432\"", "topology = \"probe\"");
+        let config = load(&text).unwrap();
+        assert_eq!(config.cluster.topology, TopologySource::Probe);
+        assert!(load(&MINIMAL.replace("primary = \"127.0.0.1:5432\"", "")).is_err());
+    }
+
+    #[test]
+    fn routing_policy_prefers_user_then_database_then_default() {
+        let text = format!(
+            "{MINIMAL}\n[[users]]\nname = \"rep\"\npassword = \"x\"\nroute = \"replica\"\n\
+             [[databases]]\nname = \"reports\"\nroute = \"primary\"\nconsistency = \"read_your_writes\"\n"
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(
+            config.policy("app", "appdb"),
+            (Route::Auto, Consistency::Eventual)
+        );
+        assert_eq!(
+            config.policy("app", "reports"),
+            (Route::Primary, Consistency::ReadYourWrites)
+        );
+        assert_eq!(
+            config.policy("rep", "reports"),
+            (Route::Replica, Consistency::ReadYourWrites)
+        );
+        assert_eq!(
+            config.monitor_credentials(),
+            Some(("app", Some("secret"), "postgres"))
+        );
+    }
+
+    #[test]
     fn shipped_example_config_is_valid() {
         let text = include_str!("../../config/switchyard.toml");
         load(text).unwrap();

@@ -166,8 +166,9 @@ enum Verdict {
 /// through its `;` (or the end of input).
 fn statement(first: Token<'_>, lexer: &mut Lexer<'_>, functions: &WriteFunctions) -> Verdict {
     let verdict = match first_word(first, lexer) {
-        Some(Lead::Select) => query_body(lexer, functions, false),
-        Some(Lead::With) => query_body(lexer, functions, true),
+        // These read through the statement's end themselves: one pass.
+        Some(Lead::Select) => return query_body(lexer, functions, false),
+        Some(Lead::With) => return query_body(lexer, functions, true),
         Some(Lead::Show) => Verdict::Read,
         Some(Lead::Explain) => explain(lexer, functions),
         Some(Lead::Begin) => begin(lexer),
@@ -228,11 +229,10 @@ fn first_word(first: Token<'_>, lexer: &mut Lexer<'_>) -> Option<Lead> {
     })
 }
 
-/// The rest of a SELECT (or WITH) statement.
+/// The rest of a SELECT (or WITH) statement, through its end.
 fn query_body(lexer: &mut Lexer<'_>, functions: &WriteFunctions, with: bool) -> Verdict {
     let mut previous: Option<Token<'_>> = None;
-    let mut lookahead = lexer.clone();
-    while let Some(token) = lookahead.next() {
+    while let Some(token) = lexer.next() {
         if token.is_statement_end() {
             break;
         }
@@ -248,7 +248,7 @@ fn query_body(lexer: &mut Lexer<'_>, functions: &WriteFunctions, with: bool) -> 
             TokenKind::Word => {
                 let word = token.text;
                 let is = |kw: &str| word.eq_ignore_ascii_case(kw.as_bytes());
-                if is("for") && locking_clause_follows(&lookahead) {
+                if is("for") && locking_clause_follows(lexer) {
                     return Verdict::Write;
                 }
                 // `SELECT … INTO t` creates a table; inside parentheses INTO
