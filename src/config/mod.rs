@@ -147,11 +147,28 @@ pub enum TopologySource {
 }
 
 /// `[patroni]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PatroniConfig {
     /// REST API base URLs of the Patroni members.
     pub urls: Vec<String>,
+    /// Time between two `GET /cluster` polls.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Time one `GET /cluster` may take (connect included) before the next
+    /// member's API is tried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for PatroniConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            poll_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[kubernetes]`.
@@ -162,6 +179,9 @@ pub struct KubernetesConfig {
     pub namespace: String,
     /// Name of the CNPG Cluster.
     pub cluster: String,
+    /// PostgreSQL port of the instance Pods (the member address is
+    /// `podIP:port`).
+    pub port: u16,
 }
 
 impl Default for KubernetesConfig {
@@ -169,6 +189,7 @@ impl Default for KubernetesConfig {
         Self {
             namespace: "default".into(),
             cluster: String::new(),
+            port: 5432,
         }
     }
 }
@@ -438,6 +459,14 @@ mod tests {
         let text = MINIMAL.replace("password = \"secret\"", "");
         let err = load(&text).unwrap_err();
         assert!(err.to_string().starts_with("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn watcher_keys_have_documented_defaults() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.patroni.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.patroni.request_timeout, Duration::from_secs(1));
+        assert_eq!(config.kubernetes.port, 5432);
     }
 
     #[test]
