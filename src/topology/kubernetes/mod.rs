@@ -59,13 +59,13 @@ pub async fn run(
         .map_err(|_| KubernetesError::ConfigTimeout(CONFIG_TIMEOUT))?
         .map_err(KubernetesError::Config)?;
     let client = Client::try_from(kube_config).map_err(KubernetesError::Client)?;
-    run_with_client(client, &config, tx, shutdown).await
+    run_with_client(client, config, tx, shutdown).await
 }
 
 /// Like [`run`], with a ready client (tests point one at a fake API server).
 pub async fn run_with_client(
     client: Client,
-    config: &KubernetesConfig,
+    config: KubernetesConfig,
     tx: watch::Sender<Option<Claims>>,
     shutdown: CancellationToken,
 ) -> Result<(), KubernetesError> {
