@@ -144,9 +144,13 @@ impl Proxy {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let shutdown = Shutdown::default();
         let sessions = TaskTracker::new();
+        let claims = crate::topology::watch::spawn(
+            &self.shared.settings.load().config,
+            shutdown.hard_stop.clone(),
+        );
         let monitor = tokio::spawn(crate::topology::monitor::run(
             Arc::clone(&self.shared),
-            None,
+            claims,
             shutdown.hard_stop.clone(),
         ));
         let timeout = self.shared.settings.load().config.server.shutdown_timeout;

@@ -184,11 +184,28 @@ pub enum TopologySource {
 }
 
 /// `[patroni]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PatroniConfig {
     /// REST API base URLs of the Patroni members.
     pub urls: Vec<String>,
+    /// Time between two `GET /cluster` polls.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Time one `GET /cluster` may take (connect included) before the next
+    /// member's API is tried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for PatroniConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            poll_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[kubernetes]`.
@@ -199,6 +216,9 @@ pub struct KubernetesConfig {
     pub namespace: String,
     /// Name of the CNPG Cluster.
     pub cluster: String,
+    /// PostgreSQL port of the instance Pods (the member address is
+    /// `podIP:port`).
+    pub port: u16,
 }
 
 impl Default for KubernetesConfig {
@@ -206,6 +226,7 @@ impl Default for KubernetesConfig {
         Self {
             namespace: "default".into(),
             cluster: String::new(),
+            port: 5432,
         }
     }
 }
@@ -333,19 +354,18 @@ impl Config {
         for node in &self.cluster.nodes {
             check_host_port("cluster.nodes", node)?;
         }
-        if self.cluster.nodes.is_empty() {
+        let discovered = matches!(
+            self.cluster.topology,
+            TopologySource::Patroni | TopologySource::Kubernetes
+        );
+        if self.cluster.nodes.is_empty() && !discovered {
             return Err(ConfigError::invalid(
                 "cluster.nodes",
                 "list at least one host:port",
             ));
         }
         for node in self.cluster.weights.keys() {
-            if !self.cluster.nodes.contains(node) {
-                return Err(ConfigError::invalid(
-                    "cluster.weights",
-                    format!("{node:?} is not one of cluster.nodes"),
-                ));
-            }
+            check_host_port("cluster.weights", node)?;
         }
         if self.cluster.probe_interval.is_zero() {
             return Err(ConfigError::invalid(
@@ -362,12 +382,26 @@ impl Config {
         match self.cluster.topology {
             TopologySource::Static => {}
             TopologySource::Probe => return Ok(()),
-            TopologySource::Patroni | TopologySource::Kubernetes => {
+            TopologySource::Patroni if self.patroni.urls.is_empty() => {
                 return Err(ConfigError::invalid(
-                    "cluster.topology",
-                    "only \"static\" and \"probe\" are available in this version",
+                    "patroni.urls",
+                    "list the Patroni REST API of at least one member (topology = \"patroni\")",
                 ));
             }
+            TopologySource::Patroni => return Ok(()),
+            TopologySource::Kubernetes if !cfg!(feature = "kubernetes") => {
+                return Err(ConfigError::invalid(
+                    "cluster.topology",
+                    "this build has no Kubernetes support (cargo feature \"kubernetes\")",
+                ));
+            }
+            TopologySource::Kubernetes if self.kubernetes.cluster.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "kubernetes.cluster",
+                    "name the CloudNativePG Cluster (topology = \"kubernetes\")",
+                ));
+            }
+            TopologySource::Kubernetes => return Ok(()),
         }
         let Some(primary) = &self.cluster.primary else {
             return Err(ConfigError::invalid(
@@ -569,6 +603,14 @@ mod tests {
             config.monitor_credentials(),
             Some(("app", Some("secret"), "postgres"))
         );
+    }
+
+    #[test]
+    fn watcher_keys_have_documented_defaults() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.patroni.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.patroni.request_timeout, Duration::from_secs(1));
+        assert_eq!(config.kubernetes.port, 5432);
     }
 
     #[test]

@@ -27,8 +27,11 @@
 
 mod binaries;
 mod error;
+mod etcd;
+mod http;
 mod node;
 mod os_user;
+mod patroni;
 mod process;
 
 use std::fs;
@@ -42,6 +45,7 @@ pub use binaries::PgBinaries;
 pub use error::ClusterError;
 pub use node::Node;
 pub use os_user::PG_OS_USER;
+pub use patroni::{PatroniCluster, PatroniNode, PatroniSpec};
 
 use node::{NODE_CONF, StartError};
 use process::Ctx;

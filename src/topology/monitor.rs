@@ -38,7 +38,8 @@ pub async fn run(
     loop {
         let settings = shared.settings.load_full();
         let config = &settings.config;
-        sync_nodes(&mut watched, config, &shared);
+        let nodes = node_list(config, claims.as_ref());
+        sync_nodes(&mut watched, &nodes, config, &shared);
         let Some((user, password, database)) = config.monitor_credentials() else {
             // Invariant: validate() refuses a config without monitor credentials.
             return;
@@ -66,9 +67,22 @@ pub async fn run(
     }
 }
 
-/// Makes `watched` and the published members match `config.cluster.nodes`.
-fn sync_nodes(watched: &mut Vec<Watched>, config: &Config, shared: &Shared) {
-    let nodes = &config.cluster.nodes;
+/// The configured nodes, then the members a control plane reports that
+/// the configuration does not list (Patroni members, CNPG pods).
+fn node_list(config: &Config, claims: Option<&watch::Receiver<Option<Claims>>>) -> Vec<String> {
+    let mut nodes = config.cluster.nodes.clone();
+    if let Some(view) = claims.and_then(|rx| rx.borrow().clone()) {
+        for member in view.members {
+            if !nodes.contains(&member.addr) {
+                nodes.push(member.addr);
+            }
+        }
+    }
+    nodes
+}
+
+/// Makes `watched` and the published members match `nodes`.
+fn sync_nodes(watched: &mut Vec<Watched>, nodes: &[String], config: &Config, shared: &Shared) {
     let weight = |addr: &str| config.cluster.weights.get(addr).copied().unwrap_or(1);
     let snapshot = shared.topology.snapshot();
     let same_nodes = watched.len() == nodes.len()

@@ -208,6 +208,11 @@ impl Topology {
         self.changes.load(Ordering::Relaxed)
     }
 
+    /// Waits for the next published snapshot, at most `timeout`.
+    pub async fn next_publish(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+
     /// Waits until a snapshot with a primary is published, or `timeout`.
     pub async fn wait_for_primary(&self, timeout: Duration) -> Option<Arc<Snapshot>> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -15,6 +15,7 @@ mod statements;
 mod tracker;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -47,6 +48,9 @@ pub struct TransactionSession {
     policy: Policy,
     /// The next request must run on the primary (a replica refused it).
     force_primary: bool,
+    /// When a checkout on the primary first failed to connect, while the
+    /// request waits for the topology to catch up.
+    primary_lost_at: Option<Instant>,
     proxy: Arc<Settings>,
     shared: Arc<Shared>,
 }
@@ -108,6 +112,7 @@ pub async fn serve(
         registration: login.registration,
         policy: login.policy,
         force_primary: false,
+        primary_lost_at: None,
         proxy: settings,
         shared,
     };
@@ -392,17 +397,34 @@ impl TransactionSession {
         tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
         let mut conn = match routed.pool.checkout().await {
             Ok(conn) => conn,
-            Err(error) if routed.plan.gated => {
+            Err(error) if routed.plan.gated && error.server_error().is_none() => {
                 // A replica that cannot serve is not the client's problem.
                 tracing::debug!(%error, "replica unavailable; the primary serves the read");
                 self.force_primary = true;
                 return true;
             }
+            Err(error)
+                if matches!(error, PoolError::Connect(_))
+                    && error.server_error().is_none()
+                    && self.primary_may_be_failing() =>
+            {
+                // The primary is unreachable and the monitor may not have
+                // noticed yet: wait for its next verdict instead of failing
+                // a transaction that never started.
+                tracing::debug!(%error, "primary unreachable; waiting for the topology");
+                self.shared
+                    .topology
+                    .next_publish(Duration::from_secs(1))
+                    .await;
+                return true;
+            }
             Err(error) => {
+                self.primary_lost_at = None;
                 self.fail_request(pool_error_bytes(&error, false));
                 return self.flush().await;
             }
         };
+        self.primary_lost_at = None;
         if let Err(error) = self.prepare(&mut conn).await {
             if routed.plan.gated && matches!(error, InternalError::Connection(_)) {
                 conn.discard();
@@ -450,6 +472,16 @@ impl TransactionSession {
             self.note_causal_lsn(&mut conn).await;
         }
         self.finish_stretch(conn, end).await
+    }
+
+    /// True while a failed connect to the primary is younger than
+    /// `routing.failover_timeout` (starting the clock on the first failure).
+    fn primary_may_be_failing(&mut self) -> bool {
+        let timeout = self.proxy.config.routing.failover_timeout;
+        self.primary_lost_at
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            < timeout
     }
 
     /// Picks the node for a request; `None` after answering it with an
