@@ -106,12 +106,25 @@ pub struct PatroniCluster {
 impl PatroniCluster {
     /// Starts etcd and the members, waits until one member leads and every
     /// member is running, then creates the spec's users and databases.
+    ///
+    /// A start that fails (typically a free port taken by another test
+    /// between choosing and binding it) is retried once from scratch.
     pub fn start(spec: &PatroniSpec) -> Result<Self, ClusterError> {
         if spec.members == 0 || spec.superuser_password.is_empty() {
             return Err(ClusterError::InvalidArgument(
                 "a Patroni cluster needs at least one member and a superuser password".to_owned(),
             ));
         }
+        match Self::start_once(spec) {
+            Err(e @ (ClusterError::StartFailed { .. } | ClusterError::Timeout { .. })) => {
+                tracing::warn!(error = %e, "Patroni cluster start failed; retrying once");
+                Self::start_once(spec)
+            }
+            result => result,
+        }
+    }
+
+    fn start_once(spec: &PatroniSpec) -> Result<Self, ClusterError> {
         let started = Instant::now();
         let bins = PgBinaries::discover()?;
         let run_as = os_user::pg_run_as()?;
