@@ -2,7 +2,7 @@
 //! cluster (etcd + 3 members on loopback, started by the test support).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use switchyard::config::PatroniConfig;
 use switchyard::testcluster::{PatroniCluster, PatroniSpec};
@@ -163,6 +163,7 @@ async fn claims_name_a_new_primary_after_kill_9_of_the_leader() {
         )
         .await;
     let claimed_after = killed_at.elapsed();
+    let claimed_wall = SystemTime::now();
     let new = primary_name(&claims).unwrap().to_owned();
     assert!(
         claims
@@ -191,9 +192,18 @@ async fn claims_name_a_new_primary_after_kill_9_of_the_leader() {
     let member = cluster.member(&new).unwrap();
     assert!(!cluster.is_in_recovery(member).unwrap());
     assert_eq!(claims.claimed_primary().unwrap().addr, member.addr());
+    let promoted = member
+        .promoted_at()
+        .expect("the new leader's log records its promotion");
+    // Positive: the claims came after PostgreSQL finished promoting.
+    let claims_after_promotion_ms = match claimed_wall.duration_since(promoted) {
+        Ok(after) => after.as_millis() as i64,
+        Err(before) => -(before.duration().as_millis() as i64),
+    };
     eprintln!(
-        "kill -9 of {old}: writes held after {held_at:?}, claims name {new} after {} ms, \
-         {new} verified out of recovery after {} ms",
+        "kill -9 of {old}: writes held after {held_at:?}, claims name {new} after {} ms \
+         ({claims_after_promotion_ms:+} ms from its promotion), {new} verified out of \
+         recovery after {} ms",
         claimed_after.as_millis(),
         verified_after.as_millis()
     );

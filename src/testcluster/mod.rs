@@ -1,6 +1,9 @@
 //! A real, throw-away PostgreSQL cluster on this machine: one primary plus N
 //! streaming replicas, built from the locally installed PostgreSQL binaries.
 //!
+//! [`PatroniCluster`] is the same for a Patroni-managed cluster: an etcd plus
+//! Patroni members that bootstrap and fail over PostgreSQL themselves.
+//!
 //! Used by integration tests and by `switchyard demo`. Everything is
 //! synchronous (`std::process`); async callers can wrap
 //! [`LocalCluster::start`] in `tokio::task::spawn_blocking`.

@@ -324,6 +324,15 @@ mod tests {
         assert!(view.claims(5432).is_none());
     }
 
+    #[tokio::test]
+    async fn an_https_client_builds_with_ring_alone() {
+        // rustls picks its process-wide provider from the one compiled in
+        // (ring; aws-lc-rs is kept out of the tree), so building a TLS
+        // client must neither fail nor panic.
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        assert!(Client::try_from(config).is_ok());
+    }
+
     #[test]
     fn failover_target_pending_holds_writes() {
         let mut view = View::default();

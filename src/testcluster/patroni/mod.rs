@@ -21,26 +21,26 @@
 //! # Ok::<(), switchyard::testcluster::ClusterError>(())
 //! ```
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+mod launch;
+mod member;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+pub use member::PatroniNode;
 
 use super::binaries::PgBinaries;
 use super::error::{ClusterError, tail};
 use super::etcd::Etcd;
 use super::process::{self, Ctx};
-use super::{http, os_user, quote_ident, quote_literal};
+use super::{free_port, http, os_user, quote_ident, quote_literal, temp_root};
 use crate::topology::patroni::{ClusterDocument, parse_cluster};
+use launch::member_config;
+pub(crate) use launch::{spawn_logged, tool_command};
 
 /// How long the whole cluster may take to bootstrap (initdb, two base
 /// backups, Patroni's first loops).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// How long Patroni gets to stop its PostgreSQL on SIGTERM before both are
-/// killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Time limit of one REST API request from the harness.
 const API_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,91 +87,6 @@ impl Default for PatroniSpec {
     }
 }
 
-/// One Patroni member and the PostgreSQL it manages.
-#[derive(Debug)]
-pub struct PatroniNode {
-    /// Patroni member name: `m1`, `m2`, ...
-    pub name: String,
-    /// Base URL of its REST API, `http://127.0.0.1:PORT`.
-    pub api_url: String,
-    /// `127.0.0.1:PORT` of its REST API.
-    pub api_addr: String,
-    /// PostgreSQL TCP port on 127.0.0.1.
-    pub pg_port: u16,
-    /// PostgreSQL data directory.
-    pub data_dir: PathBuf,
-    /// Directory of PostgreSQL's unix socket.
-    pub socket_dir: PathBuf,
-    /// The member's Patroni configuration file.
-    pub config_file: PathBuf,
-    /// Patroni's log (PostgreSQL's own output goes there too).
-    pub log_file: PathBuf,
-    child: Mutex<Option<Child>>,
-}
-
-impl PatroniNode {
-    /// `127.0.0.1:PG_PORT`: the address the proxy connects to.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.pg_port)
-    }
-
-    /// Patroni's log so far.
-    pub fn log(&self) -> String {
-        fs::read(&self.log_file)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Whether this member's Patroni process is alive.
-    pub fn patroni_running(&self) -> bool {
-        self.lock_child()
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// The postmaster's pid from `postmaster.pid`, when it is alive and is
-    /// PostgreSQL.
-    pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        (process::pid_alive(pid) && process::looks_like_postgres(pid)).then_some(pid)
-    }
-
-    fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// `SIGKILL`s Patroni and then its postmaster (the crash the failover
-    /// drills simulate). Idempotent.
-    pub fn kill(&self) {
-        let postmaster = self.postmaster_pid();
-        if let Some(mut child) = self.lock_child().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = postmaster {
-            process::sigkill(pid);
-        }
-    }
-
-    /// `SIGTERM` to Patroni (it stops PostgreSQL itself, fast mode).
-    fn terminate(&self) {
-        if let Some(child) = self.lock_child().as_ref() {
-            signal(child.id(), "TERM");
-        }
-    }
-
-    /// Waits (bounded) for Patroni to exit after [`Self::terminate`], then
-    /// kills whatever is left.
-    fn reap(&self) {
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while self.patroni_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
-    }
-}
-
 /// A running etcd plus Patroni members in a temporary directory.
 ///
 /// Dropping it stops every member (Patroni first, so it stops its
@@ -191,18 +106,31 @@ pub struct PatroniCluster {
 impl PatroniCluster {
     /// Starts etcd and the members, waits until one member leads and every
     /// member is running, then creates the spec's users and databases.
+    ///
+    /// A start that fails (typically a free port taken by another test
+    /// between choosing and binding it) is retried once from scratch.
     pub fn start(spec: &PatroniSpec) -> Result<Self, ClusterError> {
         if spec.members == 0 || spec.superuser_password.is_empty() {
             return Err(ClusterError::InvalidArgument(
                 "a Patroni cluster needs at least one member and a superuser password".to_owned(),
             ));
         }
+        match Self::start_once(spec) {
+            Err(e @ (ClusterError::StartFailed { .. } | ClusterError::Timeout { .. })) => {
+                tracing::warn!(error = %e, "Patroni cluster start failed; retrying once");
+                Self::start_once(spec)
+            }
+            result => result,
+        }
+    }
+
+    fn start_once(spec: &PatroniSpec) -> Result<Self, ClusterError> {
         let started = Instant::now();
         let bins = PgBinaries::discover()?;
         let run_as = os_user::pg_run_as()?;
         let temp_dir = tempfile::Builder::new()
             .prefix("switchyard-patroni-")
-            .tempdir_in(super::temp_root(run_as.is_some()))
+            .tempdir_in(temp_root(run_as.is_some()))
             .map_err(|e| ClusterError::io("create temporary directory", e))?;
         let ctx = Ctx {
             bins,
@@ -239,18 +167,7 @@ impl PatroniCluster {
     fn start_member(&self, spec: &PatroniSpec, name: &str) -> Result<PatroniNode, ClusterError> {
         let dir = self.ctx.base_dir.join(name);
         self.ctx.create_dir(&dir)?;
-        let api_port = super::free_port()?;
-        let member = PatroniNode {
-            name: name.to_owned(),
-            api_url: format!("http://127.0.0.1:{api_port}"),
-            api_addr: format!("127.0.0.1:{api_port}"),
-            pg_port: super::free_port()?,
-            data_dir: dir.join("data"),
-            socket_dir: dir.clone(),
-            config_file: dir.join("patroni.yml"),
-            log_file: dir.join("patroni.log"),
-            child: Mutex::new(None),
-        };
+        let member = PatroniNode::new(name, &dir, free_port()?, free_port()?);
         let yaml = member_config(
             spec,
             &member,
@@ -260,7 +177,7 @@ impl PatroniCluster {
         self.ctx.write_file(&member.config_file, &yaml, 0o600)?;
         let mut cmd = tool_command(&self.ctx, "patroni", &dir);
         cmd.arg(&member.config_file);
-        *member.lock_child() = Some(spawn_logged(&mut cmd, &member.log_file)?);
+        member.set_child(spawn_logged(&mut cmd, &member.log_file)?);
         Ok(member)
     }
 
@@ -519,154 +436,5 @@ impl PatroniCluster {
 impl Drop for PatroniCluster {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The member's Patroni YAML. Paths and passwords are single-quoted YAML
-/// scalars.
-fn member_config(spec: &PatroniSpec, m: &PatroniNode, etcd: &str, bin_dir: &Path) -> String {
-    let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let p = |p: &Path| q(&p.display().to_string());
-    format!(
-        "scope: switchyard\n\
-         name: {name}\n\
-         log:\n  level: INFO\n\
-         restapi:\n  listen: {api}\n  connect_address: {api}\n\
-         etcd3:\n  hosts: {etcd}\n  protocol: http\n\
-         bootstrap:\n\
-         \x20 dcs:\n\
-         \x20   ttl: {ttl}\n\
-         \x20   loop_wait: {loop_wait}\n\
-         \x20   retry_timeout: {retry_timeout}\n\
-         \x20   maximum_lag_on_failover: 1048576\n\
-         \x20   postgresql:\n\
-         \x20     use_pg_rewind: false\n\
-         \x20     use_slots: true\n\
-         \x20     parameters:\n\
-         \x20       wal_level: replica\n\
-         \x20       hot_standby: 'on'\n\
-         \x20       max_connections: {max_connections}\n\
-         \x20       max_wal_senders: 10\n\
-         \x20       max_replication_slots: 10\n\
-         \x20       fsync: 'off'\n\
-         \x20       full_page_writes: 'off'\n\
-         \x20 initdb:\n\
-         \x20 - encoding: UTF8\n\
-         \x20 - locale: C\n\
-         \x20 - auth-host: scram-sha-256\n\
-         \x20 - auth-local: trust\n\
-         \x20 pg_hba:\n\
-         \x20 - local all all trust\n\
-         \x20 - local replication all trust\n\
-         \x20 - host all all 127.0.0.1/32 scram-sha-256\n\
-         \x20 - host replication all 127.0.0.1/32 scram-sha-256\n\
-         postgresql:\n\
-         \x20 listen: 127.0.0.1:{pg_port}\n\
-         \x20 connect_address: 127.0.0.1:{pg_port}\n\
-         \x20 data_dir: {data_dir}\n\
-         \x20 bin_dir: {bin_dir}\n\
-         \x20 pgpass: {pgpass}\n\
-         \x20 authentication:\n\
-         \x20   superuser:\n      username: postgres\n      password: {su_pw}\n\
-         \x20   replication:\n      username: replicator\n      password: 'replicator-secret'\n\
-         \x20 parameters:\n\
-         \x20   unix_socket_directories: {sock}\n\
-         \x20   shared_buffers: 32MB\n\
-         \x20   password_encryption: scram-sha-256\n",
-        name = m.name,
-        api = m.api_addr,
-        ttl = spec.ttl,
-        loop_wait = spec.loop_wait,
-        retry_timeout = spec.retry_timeout,
-        max_connections = spec.max_connections,
-        pg_port = m.pg_port,
-        data_dir = p(&m.data_dir),
-        bin_dir = p(bin_dir),
-        pgpass = p(&m.socket_dir.join("pgpass")),
-        su_pw = q(&spec.superuser_password),
-        sock = p(&m.socket_dir),
-    )
-}
-
-/// A [`Command`] for a non-PostgreSQL tool (`etcd`, `patroni`,
-/// `patronictl`) set up like the PostgreSQL ones: the cluster's OS user,
-/// no `PG*` environment, `cwd`/`HOME` = `dir`, stdin from `/dev/null`.
-pub(crate) fn tool_command(ctx: &Ctx, program: &str, dir: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(dir)
-        .stdin(Stdio::null())
-        // Python's click refuses an ASCII locale.
-        .env("LC_ALL", "C.UTF-8")
-        .env("HOME", dir);
-    for (key, _) in std::env::vars_os() {
-        if key.as_encoded_bytes().starts_with(b"PG") {
-            cmd.env_remove(key);
-        }
-    }
-    if let Some((uid, gid)) = ctx.run_as {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
-}
-
-/// Spawns `cmd` with stdout and stderr appended to `log`.
-pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child, ClusterError> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| ClusterError::io(format!("open {}", log.display()), e))?;
-    let err = file
-        .try_clone()
-        .map_err(|e| ClusterError::io(format!("open {}", log.display()), e))?;
-    cmd.stdout(file).stderr(err);
-    cmd.spawn().map_err(|source| ClusterError::Spawn {
-        command: process::describe(cmd),
-        source,
-    })
-}
-
-/// Sends `SIG<name>` to `pid` with the `kill` utility (the crate forbids
-/// `unsafe`, so no `libc::kill`).
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn member_config_is_yaml_with_quoted_secrets() {
-        let spec = PatroniSpec {
-            superuser_password: "it's".into(),
-            ..PatroniSpec::default()
-        };
-        let m = PatroniNode {
-            name: "m1".into(),
-            api_url: "http://127.0.0.1:8008".into(),
-            api_addr: "127.0.0.1:8008".into(),
-            pg_port: 5432,
-            data_dir: "/t/m1/data".into(),
-            socket_dir: "/t/m1".into(),
-            config_file: "/t/m1/patroni.yml".into(),
-            log_file: "/t/m1/patroni.log".into(),
-            child: Mutex::new(None),
-        };
-        let yaml = member_config(
-            &spec,
-            &m,
-            "127.0.0.1:2379",
-            Path::new("/usr/lib/postgresql/15/bin"),
-        );
-        assert!(yaml.contains("    ttl: 10\n"), "{yaml}");
-        assert!(yaml.contains("      password: 'it''s'\n"), "{yaml}");
-        assert!(yaml.contains("  data_dir: '/t/m1/data'\n"), "{yaml}");
-        assert!(yaml.contains("  hosts: 127.0.0.1:2379\n"), "{yaml}");
     }
 }
