@@ -45,8 +45,8 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        None => match load(cli.config) {
-            Ok(config) => serve(config),
+        None => match load(cli.config.clone()) {
+            Ok(config) => serve(config, cli.config),
             Err(code) => code,
         },
     }
@@ -63,7 +63,7 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     let runtime = match switchyard::proxy::control_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -72,7 +72,7 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let proxy = match Proxy::bind(config) {
+        let proxy = match Proxy::bind_file(config, path) {
             Ok(proxy) => proxy,
             Err(error) => {
                 eprintln!("error: {error}");

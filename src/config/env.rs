@@ -7,9 +7,17 @@ use super::ConfigError;
 
 const PREFIX: &str = "SWITCHYARD_";
 /// Sections an override may target; `users` is an array and is file-only.
-const SECTIONS: &[&str] = &["server", "cluster", "pool", "patroni", "kubernetes", "tls"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "cluster",
+    "pool",
+    "patroni",
+    "kubernetes",
+    "tls",
+    "admin",
+];
 /// Keys whose override may be a comma-separated list instead of TOML syntax.
-const LIST_KEYS: &[&str] = &["nodes", "urls"];
+const LIST_KEYS: &[&str] = &["nodes", "urls", "users"];
 /// Variables with the prefix that are not config keys.
 const NOT_KEYS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG"];
 

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use env::apply_overrides;
 pub use error::ConfigError;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Client-facing settings.
@@ -29,12 +29,23 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Client-facing TLS.
     pub tls: TlsConfig,
+    /// The admin console.
+    pub admin: AdminConfig,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
 
+/// `[admin]`: who may use the admin console.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users (each also listed in `[[users]]`, which authenticates them)
+    /// who may connect to the virtual database `switchyard` or `pgbouncer`.
+    pub users: Vec<String>,
+}
+
 /// `[server]`: the client-facing side of the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address clients connect to.
@@ -54,6 +65,11 @@ pub struct ServerConfig {
     /// Time sessions get to finish after SIGTERM/SIGINT before they are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM: time new clients are still accepted (while `/readyz`
+    /// already says not ready) before they are refused with 57P03. Part of
+    /// `shutdown_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Threads serving clients; 0 means one per CPU core.
     pub worker_threads: usize,
 }
@@ -68,6 +84,7 @@ impl Default for ServerConfig {
             startup_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
             worker_threads: 0,
         }
     }
@@ -75,7 +92,7 @@ impl Default for ServerConfig {
 
 /// `[pool]`: per (node, database, user) server connection pools, used when
 /// `server.pool_mode = "transaction"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Connections each pool keeps open even when idle.
@@ -110,7 +127,7 @@ impl Default for PoolConfig {
 }
 
 /// `server.pool_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A client keeps one server connection for its whole session.
@@ -120,7 +137,7 @@ pub enum PoolMode {
 }
 
 /// `[cluster]`: the PostgreSQL nodes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Every node's `host:port`.
@@ -132,7 +149,7 @@ pub struct ClusterConfig {
 }
 
 /// `cluster.topology`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TopologySource {
     /// Roles as written in this file.
@@ -147,7 +164,7 @@ pub enum TopologySource {
 }
 
 /// `[patroni]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PatroniConfig {
     /// REST API base URLs of the Patroni members.
@@ -155,7 +172,7 @@ pub struct PatroniConfig {
 }
 
 /// `[kubernetes]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
     /// Namespace of the CNPG Cluster.
@@ -174,7 +191,7 @@ impl Default for KubernetesConfig {
 }
 
 /// `[tls]`: client-facing TLS.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Whether clients may or must use TLS.
@@ -186,7 +203,7 @@ pub struct TlsConfig {
 }
 
 /// `tls.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// SSLRequest is answered 'N'.
@@ -199,7 +216,7 @@ pub enum TlsMode {
 }
 
 /// One `[[users]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The PostgreSQL role name.
@@ -212,7 +229,7 @@ pub struct UserConfig {
 }
 
 /// `users[].auth`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum AuthMethod {
     /// SCRAM-SHA-256 against `password`.
     #[default]
@@ -284,7 +301,20 @@ impl Config {
                 "client TLS is not available in this version; use \"disable\"",
             ));
         }
-        self.validate_users()
+        self.validate_users()?;
+        self.validate_admin()
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        for (index, name) in self.admin.users.iter().enumerate() {
+            if self.user(name).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("admin.users[{index}]"),
+                    format!("{name:?} is not listed in [[users]]"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {

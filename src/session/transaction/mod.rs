@@ -281,6 +281,7 @@ impl TransactionSession {
                 }
                 continue;
             }
+            self.shared.pause.wait_resumed().await;
             tracing::trace!(client = self.registration.key().pid, "checkout");
             let mut conn = match self.pool.checkout().await {
                 Ok(conn) => {
@@ -308,6 +309,7 @@ impl TransactionSession {
                 self.registration.retarget(cancel_target(&conn));
             }
             self.registration.set_linked(true);
+            let started = std::time::Instant::now();
             let end = relay::run(
                 &mut self.client,
                 &mut conn,
@@ -317,6 +319,12 @@ impl TransactionSession {
                 &mut watch,
             )
             .await;
+            crate::admin::hooks::stretch_ended(
+                &self.shared,
+                &self.pool,
+                &mut self.state.traffic,
+                started,
+            );
             self.count_pin();
             // Pinned sessions keep their connection; everyone else's cancel
             // key must stop pointing at it before it goes back to the pool.

@@ -93,6 +93,8 @@ pub struct ClientState {
     pub owed_error: Option<bytes::Bytes>,
     /// Newly pinned for this reason (for counting and logging).
     pub new_pin: Option<crate::router::effects::PinReason>,
+    /// Client bytes this stretch (for metrics).
+    pub traffic: crate::admin::hooks::Traffic,
 }
 
 /// Per-stretch scratch state.
@@ -177,9 +179,12 @@ pub async fn run(
         match event {
             Event::HardStop => return StretchEnd::HardStop,
             Event::Draining => drain_seen = true,
-            Event::ClientWrote(Ok(n)) if n > 0 => stretch.state.to_client.advance(n),
+            Event::ClientWrote(Ok(n)) if n > 0 => {
+                stretch.state.traffic.sent += n as u64;
+                stretch.state.to_client.advance(n);
+            }
             Event::ServerWrote(Ok(n)) if n > 0 => stretch.to_server.advance(n),
-            Event::ClientRead(Ok(n)) if n > 0 => {}
+            Event::ClientRead(Ok(n)) if n > 0 => stretch.state.traffic.received += n as u64,
             Event::ServerRead(Ok(n)) if n > 0 => {}
             Event::ClientWrote(_) | Event::ClientRead(_) => return StretchEnd::ClientGone,
             Event::ServerWrote(_) | Event::ServerRead(_) => {
