@@ -184,7 +184,7 @@ pub async fn run(
                 stretch.state.to_client.advance(n);
             }
             Event::ServerWrote(Ok(n)) if n > 0 => stretch.to_server.advance(n),
-            Event::ClientRead(Ok(n)) if n > 0 => stretch.state.traffic.received += n as u64,
+            Event::ClientRead(Ok(n)) if n > 0 => {}
             Event::ServerRead(Ok(n)) if n > 0 => {}
             Event::ClientWrote(_) | Event::ClientRead(_) => return StretchEnd::ClientGone,
             Event::ServerWrote(_) | Event::ServerRead(_) => {
@@ -246,6 +246,7 @@ impl Stretch<'_> {
             self.release_replies();
         };
         input.advance(pos);
+        self.state.traffic.received += pos as u64;
         self.state.client_in = input;
         result
     }
