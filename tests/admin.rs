@@ -484,3 +484,31 @@ fn sighup_and_a_file_change_reload_and_are_counted() {
     // Still serving with the configuration in force.
     assert_eq!(a.get("/readyz").0, 200);
 }
+
+#[test]
+fn kubernetes_manifests_carry_a_valid_config_and_probe_the_admin_port() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/k8s");
+    let configmap = std::fs::read_to_string(root.join("configmap.yaml")).unwrap();
+    let toml: String = configmap
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("switchyard.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let config = switchyard::config::Config::from_toml(
+        &toml,
+        std::path::Path::new("configmap.yaml"),
+        Vec::new(),
+    )
+    .expect("the ConfigMap's switchyard.toml is valid");
+    assert!(config.server.admin_listen.ends_with(":9930"));
+    let deployment = std::fs::read_to_string(root.join("deployment.yaml")).unwrap();
+    for needle in [
+        "path: /readyz",
+        "path: /healthz",
+        "containerPort: 9930",
+        "preStop",
+    ] {
+        assert!(deployment.contains(needle), "deployment lacks {needle}");
+    }
+}
