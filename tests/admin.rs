@@ -512,3 +512,38 @@ fn kubernetes_manifests_carry_a_valid_config_and_probe_the_admin_port() {
         assert!(deployment.contains(needle), "deployment lacks {needle}");
     }
 }
+
+#[test]
+fn grafana_dashboard_queries_only_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("config/grafana/switchyard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let metrics = switchyard::metrics::Metrics::new().unwrap();
+    // Touch every labelled family so it appears in the exposition.
+    metrics.set_node_state("n:1", "primary", true);
+    metrics.set_replica_lag("n:1", 0, 0.0);
+    metrics.error("08006");
+    metrics.route("n:1", "primary").transaction_done(0.0);
+    metrics.pool("n:1", "d", "u").checkout_waited(0.0);
+    let exported = metrics.encode().unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("switchyard_"))
+            {
+                let family = name.trim_end_matches("_bucket");
+                let known = exported.contains(&format!("# TYPE {family} "))
+                    || [
+                        "switchyard_server_connections",
+                        "switchyard_client_connections",
+                        "switchyard_pins_total",
+                        "switchyard_pool_checkout_timeouts_total",
+                    ]
+                    .contains(&family);
+                assert!(known, "{name} in {:?} is not exported", panel["title"]);
+            }
+        }
+    }
+}
