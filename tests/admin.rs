@@ -195,6 +195,10 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
             .is_err()
     );
     assert_eq!(a.metric("switchyard_auth_failures_total", &[]), Some(1.0));
+    assert_eq!(
+        a.metric("switchyard_errors_total", &[("class", "28")]),
+        Some(1.0)
+    );
     drop(client);
 
     // pgbench: counters move while it runs and the text parses every time.
@@ -447,6 +451,24 @@ async fn reload_applies_a_new_pool_size_and_refuses_an_invalid_file() {
     holder.batch_execute("COMMIT").await.unwrap();
     other.simple_query("SELECT 1").await.unwrap();
     assert_eq!(a.metric("switchyard_pool_max_size", &pool), Some(2.0));
+    // A changed node list: existing clients stay, /topology follows.
+    a.edit_config("max_size = 0", "max_size = 2");
+    let nodes = format!("nodes = [\"{primary}\"]");
+    a.edit_config(&nodes, &format!("nodes = [\"{primary}\", \"127.0.0.1:1\"]"));
+    console.simple_query("RELOAD").await.unwrap();
+    holder
+        .simple_query("SELECT 1")
+        .await
+        .expect("client kept across RELOAD");
+    let (_, topology) = a.get("/topology");
+    assert!(topology.contains("127.0.0.1:1"), "{topology}");
+    assert_eq!(
+        a.metric(
+            "switchyard_node_role",
+            &[("node", "127.0.0.1:1"), ("role", "replica")]
+        ),
+        Some(1.0)
+    );
     assert!(
         a.metric("switchyard_config_reloads_total", &[("result", "failure")])
             .unwrap()
