@@ -477,8 +477,8 @@ async fn reload_applies_a_new_pool_size_and_refuses_an_invalid_file() {
 }
 
 #[test]
-fn sighup_and_a_file_change_reload_and_are_counted() {
-    let a = Admin::start("");
+fn sighup_and_a_file_change_reload_and_are_counted_in_json_logs() {
+    let a = Admin::start("[log]\nformat = \"json\"");
     let reloads = |result| {
         a.metric("switchyard_config_reloads_total", &[("result", result)])
             .unwrap()
@@ -502,7 +502,12 @@ fn sighup_and_a_file_change_reload_and_are_counted() {
         reloads("failure") == 1.0
     });
     assert_eq!(reloads("success"), 2.0);
-    assert!(a.proxy.log().contains("configuration reload refused"));
+    let log = a.proxy.log();
+    assert!(log.contains("configuration reload refused"), "{log}");
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
     // Still serving with the configuration in force.
     assert_eq!(a.get("/readyz").0, 200);
 }

@@ -19,6 +19,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.listen",
     "server.admin_listen",
     "server.worker_threads",
+    "log.format",
+    "log.level",
 ];
 
 /// Why a reload was refused.
@@ -103,6 +105,14 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.server.worker_threads != old.server.worker_threads {
         new.server.worker_threads = old.server.worker_threads;
         ignored.push("server.worker_threads");
+    }
+    if new.log.format != old.log.format {
+        new.log.format = old.log.format;
+        ignored.push("log.format");
+    }
+    if new.log.level != old.log.level {
+        new.log.level.clone_from(&old.log.level);
+        ignored.push("log.level");
     }
     ignored
 }

@@ -15,6 +15,7 @@ const SECTIONS: &[&str] = &[
     "kubernetes",
     "tls",
     "admin",
+    "log",
 ];
 /// Keys whose override may be a comma-separated list instead of TOML syntax.
 const LIST_KEYS: &[&str] = &["nodes", "urls", "users"];

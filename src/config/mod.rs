@@ -31,8 +31,41 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The admin console.
     pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
+}
+
+/// `[log]`: how the proxy logs (read at start).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `switchyard=debug`; the
+    /// `SWITCHYARD_LOG` environment variable takes precedence.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// `[admin]`: who may use the admin console.
