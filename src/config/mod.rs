@@ -497,6 +497,16 @@ mod tests {
     }
 
     #[test]
+    fn admin_users_come_from_the_file_or_the_environment_and_must_be_users() {
+        let vars = vec![("SWITCHYARD_ADMIN_USERS".to_owned(), "app".to_owned())];
+        let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
+        assert_eq!(config.admin.users, ["app"]);
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(5));
+        let err = load(&format!("[admin]\nusers = [\"ops\"]\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().starts_with("admin.users[0]"), "{err}");
+    }
+
+    #[test]
     fn scram_user_without_password_is_refused() {
         let text = MINIMAL.replace("password = \"secret\"", "");
         let err = load(&text).unwrap_err();
