@@ -167,6 +167,7 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
         a.metric("switchyard_transactions_total", &route),
         Some(30.0)
     );
+    assert_eq!(a.metric("switchyard_queries_total", &route), Some(30.0));
     assert_eq!(
         a.metric("switchyard_client_connections", &[("state", "idle")]),
         Some(1.0)
@@ -370,6 +371,7 @@ async fn console_shows_pools_and_pause_holds_transactions_until_resume() {
         Some("1"),
         "total_xact_count: {stats:?}"
     );
+    assert_eq!(stats[0][2].as_deref(), Some("1"), "total_query_count");
     let error = console.simple_query("SHOW NOTHING").await.unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::SYNTAX_ERROR));
 

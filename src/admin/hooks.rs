@@ -24,6 +24,8 @@ pub struct Traffic {
     pub received: u64,
     /// Bytes written to the client.
     pub sent: u64,
+    /// Requests (Query and Sync messages: one ReadyForQuery each).
+    pub queries: u64,
 }
 
 /// A login was refused: counted by SQLSTATE class, and wrong passwords
@@ -82,9 +84,14 @@ fn client_info(
 /// A transaction-pooled stretch (a transaction, or a pinned run of them)
 /// ended: counted with its duration and traffic, which is reset.
 pub fn stretch_ended(shared: &Shared, pool: &Pool, traffic: &mut Traffic, started: Instant) {
-    let Traffic { received, sent } = std::mem::take(traffic);
-    pool.metrics()
-        .transaction_done(started.elapsed().as_secs_f64(), received, sent);
+    let Traffic {
+        received,
+        sent,
+        queries,
+    } = std::mem::take(traffic);
+    let metrics = pool.metrics();
+    metrics.transaction_done(started.elapsed().as_secs_f64(), received, sent);
+    metrics.queries(queries);
     shared.metrics.bytes_received.inc_by(received);
     shared.metrics.bytes_sent.inc_by(sent);
 }

@@ -48,6 +48,11 @@ impl RouteMetrics {
         self.queries.inc_by(n);
     }
 
+    /// The query counter itself, for owners that add to it directly.
+    pub fn query_counter(&self) -> IntCounter {
+        self.queries.clone()
+    }
+
     /// Transactions counted so far (for SHOW STATS).
     pub fn transaction_count(&self) -> u64 {
         self.transactions.get()
@@ -81,6 +86,7 @@ pub struct PoolMetrics {
 struct PoolTotals {
     transactions: AtomicU64,
     transaction_micros: AtomicU64,
+    queries: AtomicU64,
     received: AtomicU64,
     sent: AtomicU64,
 }
@@ -92,6 +98,8 @@ pub struct PoolTotalsSnapshot {
     pub transactions: u64,
     /// Microseconds spent in them.
     pub transaction_micros: u64,
+    /// Requests (Query and Sync messages) in them.
+    pub queries: u64,
     /// Bytes read from this pool's clients during transactions.
     pub received: u64,
     /// Bytes written to them during transactions.
@@ -143,12 +151,21 @@ impl PoolMetrics {
         }
     }
 
+    /// `n` requests (Query or Sync) were served.
+    pub fn queries(&self, n: u64) {
+        if n > 0 {
+            self.route.queries(n);
+            self.totals.queries.fetch_add(n, Relaxed);
+        }
+    }
+
     /// The pool's totals now.
     pub fn totals(&self) -> PoolTotalsSnapshot {
         let t = &self.totals;
         PoolTotalsSnapshot {
             transactions: t.transactions.load(Relaxed),
             transaction_micros: t.transaction_micros.load(Relaxed),
+            queries: t.queries.load(Relaxed),
             received: t.received.load(Relaxed),
             sent: t.sent.load(Relaxed),
             wait_micros: (self.checkout_wait_seconds() * 1e6) as u64,

@@ -113,7 +113,9 @@ pub async fn serve(
         return;
     }
     tracing::debug!(%peer, user, server = %server.addr, "session started");
-    let activity = Activity::counting(&shared.metrics);
+    // Resolved once per session: the relay then only adds to it.
+    let route = shared.metrics.route(&server.addr, "primary");
+    let activity = Activity::counting(&shared.metrics, &route);
     finish(
         client,
         server,

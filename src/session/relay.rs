@@ -54,6 +54,8 @@ pub struct Activity {
     received: prometheus::IntCounter,
     /// Bytes written to the client.
     sent: prometheus::IntCounter,
+    /// Requests (Query, Sync, FunctionCall) sent to the server.
+    queries: prometheus::IntCounter,
 }
 
 impl Default for Activity {
@@ -66,6 +68,7 @@ impl Default for Activity {
             close_when_idle: AtomicBool::new(false),
             received: detached_counter(),
             sent: detached_counter(),
+            queries: detached_counter(),
         }
     }
 }
@@ -76,11 +79,16 @@ fn detached_counter() -> prometheus::IntCounter {
 }
 
 impl Activity {
-    /// Activity whose client traffic adds to the proxy's byte counters.
-    pub fn counting(metrics: &crate::metrics::Metrics) -> Self {
+    /// Activity whose client traffic adds to the proxy's byte counters and
+    /// whose requests count as queries on `route`.
+    pub fn counting(
+        metrics: &crate::metrics::Metrics,
+        route: &crate::metrics::RouteMetrics,
+    ) -> Self {
         Self {
             received: metrics.bytes_received.clone(),
             sent: metrics.bytes_sent.clone(),
+            queries: route.query_counter(),
             ..Self::default()
         }
     }
@@ -160,6 +168,7 @@ where
         }
         if requests > 0 {
             activity.requests.fetch_add(requests, Relaxed);
+            activity.queries.inc_by(requests);
         }
         if writer.write_all(&buf[..n]).await.is_err() {
             return RelayEnd::ServerGone {

@@ -26,8 +26,8 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 /// Totals since start per database, summed over its pools (transaction
-/// pooling). Times are in microseconds as in PgBouncer. Queries are not
-/// counted per database yet (0); the `avg_*` rates PgBouncer computes
+/// pooling). Times are in microseconds as in PgBouncer; a query is a
+/// Query or Sync message (one ReadyForQuery). The `avg_*` rates PgBouncer computes
 /// per stats period are 0 except `avg_xact_time` and `avg_wait_time`,
 /// which are averages per transaction since start.
 pub fn show(shared: &Shared) -> Table {
@@ -37,6 +37,7 @@ pub fn show(shared: &Shared) -> Table {
         let sum = by_database.entry(pool.key().database.clone()).or_default();
         sum.transactions += totals.transactions;
         sum.transaction_micros += totals.transaction_micros;
+        sum.queries += totals.queries;
         sum.received += totals.received;
         sum.sent += totals.sent;
         sum.wait_micros += totals.wait_micros;
@@ -47,7 +48,7 @@ pub fn show(shared: &Shared) -> Table {
         table.row(vec![
             val(database),
             val(t.transactions),
-            val(0),
+            val(t.queries),
             val(t.received),
             val(t.sent),
             val(t.transaction_micros),

@@ -239,6 +239,7 @@ impl Stretch<'_> {
                 pos += len;
                 break Ok(false);
             }
+            self.state.traffic.queries += u64::from(matches!(tag, b'Q' | b'S'));
             if let Err(error) = self.client_frame(tag, &input[pos..pos + len]) {
                 break Err(error);
             }
