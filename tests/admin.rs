@@ -512,6 +512,7 @@ fn sighup_and_a_file_change_reload_and_are_counted_in_json_logs() {
     }
     // Still serving with the configuration in force.
     assert_eq!(a.get("/readyz").0, 200);
+    session_pooled_clients_are_active_and_their_queries_counted(&a);
 }
 
 #[test]
@@ -575,4 +576,28 @@ fn grafana_dashboard_queries_only_exported_metrics() {
             }
         }
     }
+}
+
+/// Session pooling: a client holds its server connection, so it counts as
+/// active, and each of its requests as a query.
+fn session_pooled_clients_are_active_and_their_queries_counted(a: &Admin) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = connect(&a.app_dsn()).await;
+        for _ in 0..3 {
+            client.simple_query("SELECT 1").await.unwrap();
+        }
+        let primary = a.cluster.primary().addr();
+        let route = [("node", primary.as_str()), ("role", "primary")];
+        assert_eq!(a.metric("switchyard_queries_total", &route), Some(3.0));
+        assert_eq!(
+            a.metric("switchyard_client_connections", &[("state", "active")]),
+            Some(1.0)
+        );
+        let active = [("node", primary.as_str()), ("state", "active")];
+        assert_eq!(
+            a.metric("switchyard_server_connections", &active),
+            Some(1.0)
+        );
+    });
 }
