@@ -268,7 +268,11 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
 async fn healthz_topology_and_readyz_flips_on_sigterm_before_the_listener_closes() {
     let mut a = Admin::start("pool_mode = \"transaction\"\nshutdown_grace = \"2s\"");
     assert_eq!(a.get("/healthz"), (200, "ok\n".to_owned()));
-    assert_eq!(a.get("/readyz").0, 200);
+    // Ready once the worker threads run their accept loops (the port itself
+    // accepts from bind on).
+    wait_until("readyz 200", Duration::from_secs(5), || {
+        a.get("/readyz").0 == 200
+    });
     let (status, topology) = a.get("/topology");
     assert_eq!(status, 200);
     let topology: serde_json::Value = serde_json::from_str(&topology).unwrap();
