@@ -56,12 +56,17 @@ fn demo_config(cluster: &LocalCluster) -> Result<Config, crate::config::ConfigEr
     } else {
         "127.0.0.1:0"
     };
+    let admin = if TcpListener::bind("127.0.0.1:9930").is_ok() {
+        "127.0.0.1:9930"
+    } else {
+        "127.0.0.1:0"
+    };
     let nodes: Vec<String> = cluster
         .nodes()
         .map(|n| format!("\"{}\"", n.addr()))
         .collect();
     let text = format!(
-        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:9930\"\npool_mode = \"transaction\"\n\n\
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\npool_mode = \"transaction\"\n\n\
          [cluster]\nnodes = [{}]\nprimary = \"{}\"\n\n\
          [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n",
         nodes.join(", "),
@@ -108,6 +113,12 @@ async fn serve(config: Config, cluster: &LocalCluster) -> ExitCode {
         out,
         "e.g.  psql 'postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DB}'"
     );
+    if let Ok(admin) = proxy.admin_addr() {
+        let _ = writeln!(
+            out,
+            "Metrics: http://{admin}/metrics (also /healthz /readyz /topology)"
+        );
+    }
     let _ = writeln!(out, "Press Ctrl-C to stop.");
     let _ = out.flush();
     drop(out);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::config::Config;
+use switchyard::config::{Config, LogConfig, LogFormat};
 use switchyard::proxy::{Proxy, termination_signal};
 
 /// A replication-aware PostgreSQL proxy.
@@ -26,18 +26,30 @@ enum Command {
     Demo,
 }
 
+/// Logs to stderr with `config`'s format and level (`SWITCHYARD_LOG`
+/// overrides the level).
+fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo) => switchyard::demo::run(),
+        Some(Command::Demo) => {
+            init_logging(&LogConfig::default());
+            switchyard::demo::run()
+        }
         Some(Command::Check) => match load(cli.config) {
             Ok(_) => {
                 println!("configuration is valid");
@@ -45,8 +57,11 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        None => match load(cli.config) {
-            Ok(config) => serve(config),
+        None => match load(cli.config.clone()) {
+            Ok(config) => {
+                init_logging(&config.log);
+                serve(config, cli.config)
+            }
             Err(code) => code,
         },
     }
@@ -63,7 +78,7 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     let runtime = match switchyard::proxy::control_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -72,7 +87,7 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let proxy = match Proxy::bind(config) {
+        let proxy = match Proxy::bind_file(config, path) {
             Ok(proxy) => proxy,
             Err(error) => {
                 eprintln!("error: {error}");

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -10,8 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::clients::Clients;
+use crate::admin::state::{Control, Pause, Readiness};
+use crate::admin::topology::TopologyView;
 use crate::config::Config;
 use crate::listener::{accept_loop, cancel::CancelRegistry};
+use crate::metrics::{Metrics, MetricsError};
 use crate::pool::Pools;
 use crate::router::access::WriteFunctions;
 use crate::session::Credentials;
@@ -29,6 +35,8 @@ pub struct Settings {
     /// Functions the classifier treats as writes (built-ins plus
     /// `routing.write_functions`).
     pub write_functions: WriteFunctions,
+    /// When this configuration was loaded.
+    pub loaded_at: SystemTime,
 }
 
 impl Settings {
@@ -38,6 +46,7 @@ impl Settings {
             credentials: Credentials::from_config(&config),
             write_functions: WriteFunctions::new(&config.routing.write_functions),
             config,
+            loaded_at: SystemTime::now(),
         }
     }
 }
@@ -59,6 +68,28 @@ pub struct Shared {
     pub topology: Arc<Topology>,
     /// Statements a replica refused as writing; routed to the primary since.
     pub learned_writes: LearnedWrites,
+    /// Every Prometheus collector.
+    pub metrics: Arc<Metrics>,
+    /// Logged-in clients (SHOW CLIENTS, client gauges).
+    pub clients: Arc<Clients>,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
+    /// PAUSE/RESUME of new transactions.
+    pub pause: Pause,
+    /// Requests from the admin console (SHUTDOWN).
+    pub control: Control,
+    /// The configuration file, re-read by reloads; `None` when the proxy
+    /// was built from a `Config` value alone.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Shared {
+    /// The topology as `/topology`, SHOW TOPOLOGY and SHOW LAG report it:
+    /// the monitor's latest snapshot.
+    pub fn topology_view(&self) -> TopologyView {
+        let settings = self.settings.load();
+        TopologyView::from_snapshot(&self.topology.snapshot(), &settings.config)
+    }
 }
 
 /// The two stages of shutdown, observed by the listener and every session.
@@ -73,6 +104,9 @@ pub struct Shutdown {
 /// Why the proxy could not start.
 #[derive(Debug, Error)]
 pub enum ProxyError {
+    /// The metrics could not be set up.
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
     /// The client listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -87,6 +121,7 @@ pub enum ProxyError {
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<std::net::TcpListener>,
+    admin: std::net::TcpListener,
     shared: Arc<Shared>,
 }
 
@@ -95,6 +130,12 @@ impl Proxy {
     /// kernel spreads new clients across the workers) and derives
     /// credentials from `config`.
     pub fn bind(config: Config) -> Result<Self, ProxyError> {
+        Self::bind_file(config, None)
+    }
+
+    /// [`Proxy::bind`] for a configuration read from `path`, which reloads
+    /// (SIGHUP, RELOAD, a change to the file) read again.
+    pub fn bind_file(config: Config, path: Option<PathBuf>) -> Result<Self, ProxyError> {
         let addr = config.server.listen.clone();
         let bind_error = |source| ProxyError::Bind {
             addr: addr.clone(),
@@ -111,17 +152,39 @@ impl Proxy {
         for _ in 1..workers {
             listeners.push(reuse_port_listener(resolved).map_err(bind_error)?);
         }
+        let admin = bind_admin(&config.server.admin_listen)?;
+        let metrics = Arc::new(Metrics::new()?);
         let topology = Arc::new(Topology::new(Snapshot::initial(Vec::new())));
         let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             cancels: Arc::new(CancelRegistry::default()),
-            pools: Pools::default(),
+            pools: Pools::with_metrics(Arc::clone(&metrics)),
             pins: PinCounters::default(),
             catalogs: Catalogs::default(),
             topology,
             learned_writes: LearnedWrites::default(),
+            metrics,
+            clients: Arc::default(),
+            readiness: Readiness::default(),
+            pause: Pause::default(),
+            control: Control::default(),
+            config_path: path,
         });
-        Ok(Self { listeners, shared })
+        Ok(Self {
+            listeners,
+            admin,
+            shared,
+        })
+    }
+
+    /// The address of the HTTP admin server.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The state sessions share (metrics, pools, readiness).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The pool mode in force.
@@ -153,7 +216,8 @@ impl Proxy {
             claims,
             shutdown.hard_stop.clone(),
         ));
-        let timeout = self.shared.settings.load().config.server.shutdown_timeout;
+        let admin_stop = CancellationToken::new();
+        self.start_admin(&admin_stop);
         let mut workers = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -170,9 +234,26 @@ impl Proxy {
                 Err(error) => tracing::error!(%error, "cannot start a worker thread"),
             }
         }
-        stop.await;
-        tracing::info!(timeout = ?timeout, "shutting down");
+        tokio::select! {
+            () = stop => {}
+            () = self.shared.control.shutdown.cancelled() => {}
+        }
+        // Not ready at once, so load balancers stop sending new clients;
+        // they are still served for the grace period while that spreads.
+        self.shared.readiness.set_draining();
+        let server = self.shared.settings.load().config.server.clone();
+        let grace = server.shutdown_grace.min(server.shutdown_timeout);
+        let timeout = server.shutdown_timeout - grace;
+        tracing::info!(
+            ?grace,
+            ?timeout,
+            "shutting down: not ready; draining after the grace period"
+        );
+        tokio::time::sleep(grace).await;
+        tracing::info!("draining: new clients refused, sessions close at their next idle point");
         shutdown.draining.cancel();
+        // Held transactions run (and end) rather than wait forever.
+        self.shared.pause.resume();
         // Accept loops see `draining` before their sessions can finish, so
         // closing the tracker now cannot miss a session.
         sessions.close();
@@ -191,6 +272,7 @@ impl Proxy {
             let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         }
         monitor.abort();
+        admin_stop.cancel();
         tracing::info!("shutdown complete");
     }
 }
@@ -201,6 +283,39 @@ struct Worker {
     shared: Arc<Shared>,
     shutdown: Shutdown,
     sessions: TaskTracker,
+}
+
+impl Proxy {
+    /// Starts the HTTP admin server, the SIGHUP handler and the config
+    /// file watch on the current (control) runtime, until `stop` fires.
+    fn start_admin(&self, stop: &CancellationToken) {
+        // Ready for traffic once the monitor publishes its first snapshot.
+        match self.admin.try_clone().and_then(TcpListener::from_std) {
+            Ok(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(%addr, "admin HTTP listening");
+                }
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(crate::admin::http::serve(listener, shared, stop.clone()));
+            }
+            Err(error) => tracing::error!(%error, "cannot serve the admin HTTP port"),
+        }
+        tokio::spawn(crate::admin::reload::on_sighup(
+            Arc::clone(&self.shared),
+            stop.clone(),
+        ));
+        crate::admin::watch::spawn(Arc::clone(&self.shared), stop.clone());
+    }
+}
+
+fn bind_admin(addr: &str) -> Result<std::net::TcpListener, ProxyError> {
+    let bind_error = |source| ProxyError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok(listener)
 }
 
 impl Worker {
@@ -215,15 +330,26 @@ impl Worker {
                 return;
             }
         };
+        // A second handle on the socket keeps the port open after the
+        // accept loop ends, to refuse new clients with 57P03 while draining.
+        let kept = self.listener.try_clone();
         runtime.block_on(async move {
             match TcpListener::from_std(self.listener) {
                 Ok(listener) => {
-                    accept_loop(listener, self.shared, self.shutdown, self.sessions.clone()).await;
+                    self.shared.readiness.set_listening(true);
+                    let shared = Arc::clone(&self.shared);
+                    accept_loop(listener, shared, self.shutdown, self.sessions.clone()).await;
                 }
                 Err(error) => tracing::error!(%error, "cannot register a listener"),
             }
             // Keep this thread's sessions running until every session is done.
-            self.sessions.wait().await;
+            match kept {
+                Ok(kept) => {
+                    let done = self.sessions.wait();
+                    crate::admin::drain::refuse_new_clients(kept, self.shared, done).await;
+                }
+                Err(_) => self.sessions.wait().await,
+            }
         });
     }
 }

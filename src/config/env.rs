@@ -15,9 +15,11 @@ const SECTIONS: &[&str] = &[
     "patroni",
     "kubernetes",
     "tls",
+    "admin",
+    "log",
 ];
 /// Keys whose override may be a comma-separated list instead of TOML syntax.
-const LIST_KEYS: &[&str] = &["nodes", "urls"];
+const LIST_KEYS: &[&str] = &["nodes", "urls", "users"];
 /// Variables with the prefix that are not config keys.
 const NOT_KEYS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG"];
 

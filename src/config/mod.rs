@@ -9,14 +9,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use env::apply_overrides;
 pub use error::ConfigError;
 pub use routing::{Consistency, DatabaseConfig, Route, RoutingConfig};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Client-facing settings.
@@ -35,12 +35,56 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Per-database routing policy.
     pub databases: Vec<DatabaseConfig>,
+    /// The admin console.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
 
+/// `[log]`: how the proxy logs (read at start).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `switchyard=debug`; the
+    /// `SWITCHYARD_LOG` environment variable takes precedence.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// `[admin]`: who may use the admin console.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users (each also listed in `[[users]]`, which authenticates them)
+    /// who may connect to the virtual database `switchyard` or `pgbouncer`.
+    pub users: Vec<String>,
+}
+
 /// `[server]`: the client-facing side of the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address clients connect to.
@@ -60,6 +104,11 @@ pub struct ServerConfig {
     /// Time sessions get to finish after SIGTERM/SIGINT before they are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM: time new clients are still accepted (while `/readyz`
+    /// already says not ready) before they are refused with 57P03. Part of
+    /// `shutdown_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Threads serving clients; 0 means one per CPU core.
     pub worker_threads: usize,
 }
@@ -74,6 +123,7 @@ impl Default for ServerConfig {
             startup_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
             worker_threads: 0,
         }
     }
@@ -81,7 +131,7 @@ impl Default for ServerConfig {
 
 /// `[pool]`: per (node, database, user) server connection pools, used when
 /// `server.pool_mode = "transaction"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Connections each pool keeps open even when idle.
@@ -116,7 +166,7 @@ impl Default for PoolConfig {
 }
 
 /// `server.pool_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A client keeps one server connection for its whole session.
@@ -126,7 +176,7 @@ pub enum PoolMode {
 }
 
 /// `[cluster]`: the PostgreSQL nodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Every node's `host:port`.
@@ -169,7 +219,7 @@ impl Default for ClusterConfig {
 }
 
 /// `cluster.topology`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TopologySource {
     /// Roles as written in this file.
@@ -184,7 +234,7 @@ pub enum TopologySource {
 }
 
 /// `[patroni]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PatroniConfig {
     /// REST API base URLs of the Patroni members.
@@ -209,7 +259,7 @@ impl Default for PatroniConfig {
 }
 
 /// `[kubernetes]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
     /// Namespace of the CNPG Cluster.
@@ -232,7 +282,7 @@ impl Default for KubernetesConfig {
 }
 
 /// `[tls]`: client-facing TLS.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Whether clients may or must use TLS.
@@ -244,7 +294,7 @@ pub struct TlsConfig {
 }
 
 /// `tls.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// SSLRequest is answered 'N'.
@@ -257,7 +307,7 @@ pub enum TlsMode {
 }
 
 /// One `[[users]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The PostgreSQL role name.
@@ -274,7 +324,7 @@ pub struct UserConfig {
 }
 
 /// `users[].auth`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum AuthMethod {
     /// SCRAM-SHA-256 against `password`.
     #[default]
@@ -346,6 +396,18 @@ impl Config {
                 "tls.mode",
                 "client TLS is not available in this version; use \"disable\"",
             ));
+        }
+        self.validate_admin()
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        for (index, name) in self.admin.users.iter().enumerate() {
+            if self.user(name).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("admin.users[{index}]"),
+                    format!("{name:?} is not listed in [[users]]"),
+                ));
+            }
         }
         Ok(())
     }
@@ -563,6 +625,16 @@ mod tests {
         )];
         let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn admin_users_come_from_the_file_or_the_environment_and_must_be_users() {
+        let vars = vec![("SWITCHYARD_ADMIN_USERS".to_owned(), "app".to_owned())];
+        let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
+        assert_eq!(config.admin.users, ["app"]);
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(5));
+        let err = load(&format!("[admin]\nusers = [\"ops\"]\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().starts_with("admin.users[0]"), "{err}");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[routing]`: read/write splitting across the nodes (transaction mode).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Reads go to replicas; false sends everything to the primary.
@@ -50,7 +50,7 @@ impl Default for RoutingConfig {
 }
 
 /// Where a user's or database's transactions go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Route {
     /// Reads to replicas, writes and read-write transactions to the primary.
@@ -75,7 +75,7 @@ impl Route {
 }
 
 /// How fresh a session's reads must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     /// Any replica in rotation.
@@ -86,7 +86,7 @@ pub enum Consistency {
 }
 
 /// One `[[databases]]` entry: routing policy for a database.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// The database name clients connect to.

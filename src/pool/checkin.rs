@@ -13,7 +13,7 @@ impl Pool {
     /// unless it has reached `max_lifetime` or holds unread server bytes.
     pub(super) fn checkin_connection(&self, conn: ServerConnection) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        if conn.created.elapsed() >= self.settings.max_lifetime {
+        if self.outlived(conn.created) {
             self.close(conn, CloseReason::Lifetime);
         } else if !conn.pending.is_empty() {
             // Not idle after all: whatever those bytes are, the next

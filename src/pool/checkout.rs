@@ -34,6 +34,8 @@ impl Pool {
         let conn = self.take_or_open(started).await?;
         self.active.fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.checkouts);
+        self.metrics
+            .checkout_waited(started.elapsed().as_secs_f64());
         Ok(PooledConnection::new(conn, Arc::clone(self), permit))
     }
 
@@ -43,7 +45,7 @@ impl Pool {
         }
         let _waiting = Waiting::enter(&self.waiting);
         let wait = Arc::clone(&self.permits).acquire_owned();
-        match tokio::time::timeout(self.settings.checkout_timeout, wait).await {
+        match tokio::time::timeout(self.settings.load().checkout_timeout, wait).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; count it as a timeout anyway.
             Ok(Err(_)) | Err(_) => Err(self.timed_out()),
@@ -52,7 +54,7 @@ impl Pool {
 
     fn timed_out(&self) -> PoolError {
         bump(&self.counters.checkout_timeouts);
-        let waited = self.settings.checkout_timeout;
+        let waited = self.settings.load().checkout_timeout;
         tracing::warn!(pool = %self.key, ?waited, "checkout timed out: pool exhausted");
         PoolError::CheckoutTimeout {
             pool: self.key.clone(),
@@ -67,7 +69,7 @@ impl Pool {
             if let Some(conn) = self.take_idle().await {
                 return Ok(conn);
             }
-            if let Some(slot) = OpenSlot::reserve(&self.open, self.settings.max_size) {
+            if let Some(slot) = OpenSlot::reserve(&self.open, self.settings.load().max_size) {
                 let conn = self.connect().await?;
                 slot.keep();
                 return Ok(conn);
@@ -75,7 +77,7 @@ impl Pool {
             // Every unit of `open` is taken yet nothing is idle: the reaper
             // has taken expired connections off the idle stack and is
             // closing them. Brief; look again rather than exceed max_size.
-            if started.elapsed() >= self.settings.checkout_timeout {
+            if started.elapsed() >= self.settings.load().checkout_timeout {
                 return Err(self.timed_out());
             }
             tokio::task::yield_now().await;
@@ -101,11 +103,11 @@ impl Pool {
     }
 
     async fn validate(&self, idle: &mut IdleConnection) -> Result<(), CloseReason> {
-        if idle.conn.created.elapsed() >= self.settings.max_lifetime {
+        if self.outlived(idle.conn.created) {
             return Err(CloseReason::Lifetime);
         }
         health::check_alive(&idle.conn).map_err(CloseReason::Broken)?;
-        if idle.since.elapsed() >= self.settings.health_check_after {
+        if idle.since.elapsed() >= self.settings.load().health_check_after {
             health::ping(&mut idle.conn, PING_TIMEOUT)
                 .await
                 .map_err(CloseReason::Broken)?;
@@ -121,7 +123,7 @@ impl Pool {
             ("database".to_owned(), self.key.database.clone()),
         ];
         let password = self.password.as_deref();
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.load().connect_timeout;
         match backend::connect(&self.key.node, &params, password, timeout).await {
             Ok(conn) => {
                 bump(&self.counters.connects);

@@ -67,6 +67,14 @@ impl IdleList {
         closing
     }
 
+    /// `(server pid, opened at, idle since)` of every idle connection.
+    pub fn describe(&self) -> Vec<(i32, Instant, Instant)> {
+        self.lock()
+            .iter()
+            .map(|idle| (idle.conn.pid, idle.conn.created, idle.since))
+            .collect()
+    }
+
     /// Removes every connection.
     pub fn take_all(&self) -> Vec<IdleConnection> {
         std::mem::take(&mut *self.lock())

@@ -33,6 +33,7 @@ mod key;
 mod lifecycle;
 mod parameters;
 mod reaper;
+mod reconfigure;
 mod registry;
 mod settings;
 mod slot;
@@ -41,6 +42,9 @@ mod stats;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -50,16 +54,19 @@ pub use error::PoolError;
 pub use key::PoolKey;
 pub use registry::Pools;
 pub use settings::PoolSettings;
-pub use stats::PoolStats;
+pub use stats::{IdleServer, PoolStats};
 
 use idle::IdleList;
 use stats::{Counters, Gauges};
+
+use crate::metrics::PoolMetrics;
 
 /// The server connections of one (node, database, user).
 pub struct Pool {
     key: PoolKey,
     password: Option<String>,
-    settings: PoolSettings,
+    /// Swapped whole by [`Pool::reconfigure`] on a config reload.
+    settings: ArcSwap<PoolSettings>,
     /// `max_size` permits; a checkout holds one while it holds a connection.
     permits: Arc<Semaphore>,
     idle: IdleList,
@@ -72,6 +79,11 @@ pub struct Pool {
     counters: Counters,
     /// ParameterStatus frames of the first connection opened.
     server_parameters: OnceLock<Bytes>,
+    /// Connections opened before this instant are closed instead of reused
+    /// (set by [`Pool::reconnect`]).
+    retire_before: ArcSwap<Option<Instant>>,
+    /// The pool's metric series, resolved once.
+    metrics: PoolMetrics,
 }
 
 impl Pool {
@@ -83,18 +95,30 @@ impl Pool {
     /// reaper: connections are then only closed on checkin or when found
     /// expired at checkout.
     pub fn new(key: PoolKey, password: Option<String>, settings: PoolSettings) -> Arc<Self> {
+        Self::with_metrics(key, password, settings, PoolMetrics::detached())
+    }
+
+    /// [`Pool::new`], reporting to `metrics`.
+    pub fn with_metrics(
+        key: PoolKey,
+        password: Option<String>,
+        settings: PoolSettings,
+        metrics: PoolMetrics,
+    ) -> Arc<Self> {
         let settings = settings.normalized();
         let pool = Arc::new(Self {
             key,
             password,
             permits: Arc::new(Semaphore::new(settings.max_size)),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             idle: IdleList::default(),
             open: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
             server_parameters: OnceLock::new(),
+            retire_before: ArcSwap::from_pointee(None),
+            metrics,
         });
         reaper::spawn(&pool);
         pool
@@ -107,8 +131,13 @@ impl Pool {
 
     /// The settings in effect (normalized: `1 <= max_size`,
     /// `min_size <= max_size`).
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// The pool's metric series.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
     }
 
     /// The pool's gauges and counters now.
@@ -119,6 +148,20 @@ impl Pool {
             waiting: self.waiting.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
         })
+    }
+
+    /// The idle connections, for `SHOW SERVERS` (checked-out ones belong
+    /// to their sessions and are only counted, in [`Pool::stats`]).
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        self.idle
+            .describe()
+            .into_iter()
+            .map(|(pid, opened, idle_since)| IdleServer {
+                pid,
+                opened,
+                idle_since,
+            })
+            .collect()
     }
 
     /// The ParameterStatus frames (tag and length included) a fresh
@@ -134,7 +177,7 @@ impl fmt::Debug for Pool {
         // Not derived: the password stays out of logs.
         f.debug_struct("Pool")
             .field("key", &self.key)
-            .field("settings", &self.settings)
+            .field("settings", &self.settings.load())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

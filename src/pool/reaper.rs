@@ -15,7 +15,7 @@ use super::{Pool, health};
 /// holds only a weak reference between passes, so it ends once the pool
 /// is dropped.
 pub(super) fn spawn(pool: &Arc<Pool>) {
-    let interval = pool.settings.reaper_interval();
+    let interval = pool.settings.load().reaper_interval();
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn(run(Arc::downgrade(pool), interval));
@@ -45,7 +45,7 @@ impl Pool {
     /// past `idle_timeout` as long as `min_size` stay open.
     pub(super) fn reap(&self) {
         let open = self.open.load(Ordering::Acquire);
-        let mut spare = open.saturating_sub(self.settings.min_size);
+        let mut spare = open.saturating_sub(self.settings.load().min_size);
         // The liveness probe runs under the idle lock: it is one
         // non-blocking recv per idle connection, once per reaper pass.
         let closing = self
@@ -68,7 +68,7 @@ impl Pool {
         let expired = expiry(
             idle.conn.created.elapsed(),
             idle.since.elapsed(),
-            &self.settings,
+            &self.settings.load(),
         );
         let reason = match expired {
             Some(CloseReason::Idle) if *spare == 0 => None,
@@ -89,11 +89,11 @@ impl Pool {
     /// checkouts: it only uses a permit nobody is waiting for, and stops at
     /// the first failure (the next pass tries again).
     pub(super) async fn refill(&self) {
-        while self.open.load(Ordering::Acquire) < self.settings.min_size {
+        while self.open.load(Ordering::Acquire) < self.settings.load().min_size {
             let Ok(_permit) = Arc::clone(&self.permits).try_acquire_owned() else {
                 return;
             };
-            let Some(slot) = OpenSlot::reserve(&self.open, self.settings.min_size) else {
+            let Some(slot) = OpenSlot::reserve(&self.open, self.settings.load().min_size) else {
                 return;
             };
             match self.connect().await {

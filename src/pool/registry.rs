@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Pool, PoolKey, PoolSettings};
+use crate::metrics::{Metrics, PoolMetrics};
 
 /// The registry of pools: one [`Pool`] per [`PoolKey`], created on first
 /// use.
@@ -14,12 +15,21 @@ use super::{Pool, PoolKey, PoolSettings};
 #[derive(Debug, Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Pools {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry whose pools report to `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self {
+            pools: Mutex::default(),
+            metrics: Some(metrics),
+        }
     }
 
     /// The pool for `key`, created with `password` and `settings` if it
@@ -35,7 +45,11 @@ impl Pools {
         if let Some(pool) = pools.get(&key) {
             return Arc::clone(pool);
         }
-        let pool = Pool::new(key.clone(), password, settings);
+        let metrics = match &self.metrics {
+            Some(metrics) => metrics.pool(&key.node, &key.database, &key.user),
+            None => PoolMetrics::detached(),
+        };
+        let pool = Pool::with_metrics(key.clone(), password, settings, metrics);
         pools.insert(key, Arc::clone(&pool));
         pool
     }

@@ -38,6 +38,17 @@ pub struct PoolStats {
     pub closed_lifetime: u64,
 }
 
+/// One idle server connection, for `SHOW SERVERS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleServer {
+    /// The server's backend process id.
+    pub pid: i32,
+    /// When it was opened.
+    pub opened: std::time::Instant,
+    /// When it was last checked in.
+    pub idle_since: std::time::Instant,
+}
+
 /// The atomics behind [`PoolStats`]'s counters.
 #[derive(Debug, Default)]
 pub(super) struct Counters {

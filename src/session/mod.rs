@@ -63,12 +63,23 @@ pub async fn serve(
     .await;
     let credential = match login {
         Ok(Ok(credential)) => credential,
-        Ok(Err(error)) => return reject(&mut client, peer, &error).await,
+        Ok(Err(error)) => {
+            crate::admin::hooks::login_failed(&shared, &error);
+            return reject(&mut client, peer, &error).await;
+        }
         Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
     };
+    let database = StartupPacket::param(&params, "database").unwrap_or_else(|| user.clone());
+    if crate::admin::console::is_console_database(&database) {
+        return crate::admin::hooks::console(client, peer, buf, shared, &params, shutdown).await;
+    }
 
     let server_config = &settings.config.server;
-    if server_config.pool_mode == crate::config::PoolMode::Transaction {
+    let session_mode = server_config.pool_mode == crate::config::PoolMode::Session;
+    let current_primary = shared.topology.load().primary().map(|m| m.addr.clone());
+    let session_node = current_primary.as_deref().filter(|_| session_mode);
+    let _listed = crate::admin::hooks::logged_in(&shared, &params, peer, session_node);
+    if !session_mode {
         let password = credential.password.clone();
         let shared = Arc::clone(&shared);
         let settings = Arc::clone(&settings);
@@ -81,6 +92,8 @@ pub async fn serve(
         Ok(primary) => primary,
         Err(error) => return reject(&mut client, peer, &SessionError::NoPrimary(error)).await,
     };
+    // PAUSE holds new session-pooled sessions before they get a server.
+    shared.pause.wait_resumed().await;
     let server = backend::connect(
         &primary,
         &params,
@@ -107,6 +120,9 @@ pub async fn serve(
         return;
     }
     tracing::debug!(%peer, user, server = %server.addr, "session started");
+    // Resolved once per session: the relay then only adds to it.
+    let route = shared.metrics.route(&server.addr, "primary");
+    let activity = Activity::counting(&shared.metrics, &route);
     finish(
         client,
         server,
@@ -114,6 +130,7 @@ pub async fn serve(
         &target,
         server_config.max_message_size,
         &shutdown,
+        activity,
     )
     .await;
     drop(registration);
@@ -126,13 +143,13 @@ async fn finish(
     target: &CancelTarget,
     limit: usize,
     shutdown: &Shutdown,
+    activity: Activity,
 ) {
     // A client may pipeline its first query behind the startup packet.
     if !early_client_bytes.is_empty() && server.stream.write_all(&early_client_bytes).await.is_err()
     {
         return;
     }
-    let activity = Activity::default();
     let end = relay::relay(
         &mut client,
         &mut server.stream,

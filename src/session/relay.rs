@@ -50,6 +50,12 @@ pub struct Activity {
     status: AtomicU8,
     client_at_boundary: AtomicBool,
     close_when_idle: AtomicBool,
+    /// Bytes read from the client (a metric, or a detached counter).
+    received: prometheus::IntCounter,
+    /// Bytes written to the client.
+    sent: prometheus::IntCounter,
+    /// Requests (Query, Sync, FunctionCall) sent to the server.
+    queries: prometheus::IntCounter,
 }
 
 impl Default for Activity {
@@ -60,11 +66,33 @@ impl Default for Activity {
             status: AtomicU8::new(b'I'),
             client_at_boundary: AtomicBool::new(true),
             close_when_idle: AtomicBool::new(false),
+            received: detached_counter(),
+            sent: detached_counter(),
+            queries: detached_counter(),
         }
     }
 }
 
+fn detached_counter() -> prometheus::IntCounter {
+    prometheus::IntCounter::new("detached_total", "-")
+        .expect("invariant: a name and a help text are valid")
+}
+
 impl Activity {
+    /// Activity whose client traffic adds to the proxy's byte counters and
+    /// whose requests count as queries on `route`.
+    pub fn counting(
+        metrics: &crate::metrics::Metrics,
+        route: &crate::metrics::RouteMetrics,
+    ) -> Self {
+        Self {
+            received: metrics.bytes_received.clone(),
+            sent: metrics.bytes_sent.clone(),
+            queries: route.query_counter(),
+            ..Self::default()
+        }
+    }
+
     /// True when every Query/Sync/FunctionCall sent has been answered by a
     /// ReadyForQuery and the last one said "idle, no transaction".
     pub fn is_idle(&self) -> bool {
@@ -127,6 +155,7 @@ where
             Ok(0) | Err(_) => return RelayEnd::ClientGone,
             Ok(n) => n,
         };
+        activity.received.inc_by(n as u64);
         let mut requests = 0;
         let mut terminated = false;
         let scanned = scanner.scan(&buf[..n], |tag, _| match tag {
@@ -139,6 +168,7 @@ where
         }
         if requests > 0 {
             activity.requests.fetch_add(requests, Relaxed);
+            activity.queries.inc_by(requests);
         }
         if writer.write_all(&buf[..n]).await.is_err() {
             return RelayEnd::ServerGone {
@@ -186,6 +216,7 @@ where
         if writer.write_all(&buf[..n]).await.is_err() {
             return RelayEnd::ClientGone;
         }
+        activity.sent.inc_by(n as u64);
         activity
             .client_at_boundary
             .store(scanner.at_boundary(), Relaxed);

@@ -58,8 +58,18 @@ pub async fn run(
         if next.differs_in_shape(&previous) {
             log_change(&previous, &next);
             retire_lost_nodes(&shared, &previous, &next);
+            shared.metrics.topology_changed();
+            if previous.primary().is_some()
+                && next
+                    .primary()
+                    .is_some_and(|p| Some(&p.addr) != previous.primary().map(|o| &o.addr))
+            {
+                shared.metrics.failover();
+            }
         }
+        record_metrics(&shared, &previous, &next);
         shared.topology.publish(next);
+        shared.readiness.set_topology_ready(true);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(config.cluster.probe_interval) => {}
@@ -233,5 +243,37 @@ fn retire_lost_nodes(shared: &Shared, previous: &Snapshot, next: &Snapshot) {
         if lost_primary || lost {
             shared.pools.close_idle_on(&before.addr);
         }
+    }
+}
+
+/// Node roles, health and lag in the metrics; time without a primary.
+fn record_metrics(shared: &Shared, previous: &Snapshot, next: &Snapshot) {
+    let metrics = &shared.metrics;
+    for old in &previous.members {
+        if !next.members.iter().any(|m| m.addr == old.addr) {
+            metrics.forget_node(&old.addr);
+        }
+    }
+    for member in &next.members {
+        let role = match member.role {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unavailable => "unknown",
+        };
+        metrics.set_node_state(&member.addr, role, member.reachable);
+        if member.role == Role::Replica {
+            metrics.set_replica_lag(
+                &member.addr,
+                member.lag_bytes.unwrap_or(0),
+                member.lag_seconds.unwrap_or(0.0),
+            );
+        }
+    }
+    if next.primary.is_none() && previous.version > 0 {
+        let elapsed = next
+            .published_at
+            .duration_since(previous.published_at)
+            .unwrap_or_default();
+        metrics.add_seconds_without_primary(elapsed.as_secs_f64());
     }
 }

@@ -161,12 +161,19 @@ pub fn spec() -> ClusterSpec {
 /// Proxy config for `cluster` with user `app` (SCRAM) plus `extra` TOML.
 pub fn proxy_config(cluster: &LocalCluster, extra: &str) -> String {
     let primary = cluster.primary().addr();
+    // Tests drain at once unless they ask for a grace period.
+    let grace = if extra.contains("shutdown_grace") {
+        ""
+    } else {
+        "shutdown_grace = \"0s\""
+    };
     format!(
         r#"
 [server]
 listen = "{{listen}}"
 admin_listen = "127.0.0.1:0"
 shutdown_timeout = "5s"
+{grace}
 {extra}
 
 [cluster]

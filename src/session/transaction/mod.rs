@@ -391,6 +391,8 @@ impl TransactionSession {
         );
         let read = !std::mem::take(&mut self.force_primary)
             && (request.read || self.settings.read_only_by_default());
+        // PAUSE (admin console) holds new transactions here.
+        self.shared.pause.wait_resumed().await;
         let Some(routed) = self.route(read, &request).await else {
             return self.flush().await;
         };
@@ -448,6 +450,7 @@ impl TransactionSession {
                 .extend_from_slice(&self.state.client_in[..request.len]);
         }
         self.registration.set_linked(true);
+        let started = Instant::now();
         let end = relay::run(
             &mut self.client,
             &mut conn,
@@ -460,6 +463,12 @@ impl TransactionSession {
         )
         .await;
         drop(routed.load);
+        crate::admin::hooks::stretch_ended(
+            &self.shared,
+            &routed.pool,
+            &mut self.state.traffic,
+            started,
+        );
         self.count_pin();
         // Pinned sessions keep their connection; everyone else's cancel
         // key must stop pointing at it before it goes back to the pool.

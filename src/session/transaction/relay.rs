@@ -116,6 +116,8 @@ pub struct ClientState {
     /// A copy of the request a replica is running, in case the primary
     /// must run it instead (reused buffer).
     pub replay: BytesMut,
+    /// Client bytes this stretch (for metrics).
+    pub traffic: crate::admin::hooks::Traffic,
 }
 
 /// Per-stretch scratch state.
@@ -220,7 +222,10 @@ pub async fn run(
         match event {
             Event::HardStop => return StretchEnd::HardStop,
             Event::Draining => drain_seen = true,
-            Event::ClientWrote(Ok(n)) if n > 0 => stretch.state.to_client.advance(n),
+            Event::ClientWrote(Ok(n)) if n > 0 => {
+                stretch.state.traffic.sent += n as u64;
+                stretch.state.to_client.advance(n);
+            }
             Event::ServerWrote(Ok(n)) if n > 0 => stretch.to_server.advance(n),
             Event::ClientRead(Ok(n)) if n > 0 => {}
             Event::ServerRead(Ok(n)) if n > 0 => {}
@@ -286,6 +291,7 @@ impl Stretch<'_> {
                 pos += len;
                 break Ok(false);
             }
+            self.state.traffic.queries += u64::from(matches!(tag, b'Q' | b'S'));
             if let Err(error) = self.client_frame(tag, &input[pos..pos + len]) {
                 break Err(error);
             }
@@ -296,6 +302,7 @@ impl Stretch<'_> {
             self.release_replies();
         };
         input.advance(pos);
+        self.state.traffic.received += pos as u64;
         self.state.client_in = input;
         result
     }

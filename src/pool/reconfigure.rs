@@ -1,0 +1,107 @@
+//! Changing a live pool: new settings from a config reload, and
+//! RECONNECT (retire every connection opened so far).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::lifecycle::CloseReason;
+use super::{Pool, PoolSettings};
+
+impl Pool {
+    /// Applies `settings` to this pool without closing anything: a larger
+    /// `max_size` admits more checkouts at once; a smaller one takes effect
+    /// as connections come back (checkouts in flight keep theirs). Timeouts
+    /// and `min_size` apply from the next checkout or reaper pass.
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        let settings = settings.normalized();
+        let old = self.settings.swap(Arc::new(settings.clone()));
+        if old.max_size == settings.max_size {
+            return;
+        }
+        tracing::info!(pool = %self.key, from = old.max_size, to = settings.max_size, "pool max_size changed");
+        if settings.max_size > old.max_size {
+            self.permits.add_permits(settings.max_size - old.max_size);
+            return;
+        }
+        let shrink = old.max_size - settings.max_size;
+        let forgotten = self.permits.forget_permits(shrink);
+        let remaining = shrink - forgotten;
+        if remaining == 0 {
+            return;
+        }
+        // The rest are held by checkouts: take them as they come back.
+        let permits = Arc::clone(&self.permits);
+        let Ok(remaining) = u32::try_from(remaining) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(permits) = permits.acquire_many_owned(remaining).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+
+    /// Closes every idle connection now and every checked-out one when it
+    /// comes back, so the next checkouts get fresh connections (e.g. after
+    /// a node's address now points elsewhere).
+    pub fn reconnect(&self) {
+        self.retire_before.store(Arc::new(Some(Instant::now())));
+        for idle in self.idle.take_all() {
+            self.close(idle.conn, CloseReason::Lifetime);
+        }
+    }
+
+    /// True when a connection opened at `created` must not be reused: it
+    /// reached `max_lifetime`, or was opened before a RECONNECT.
+    pub(super) fn outlived(&self, created: Instant) -> bool {
+        if created.elapsed() >= self.settings.load().max_lifetime {
+            return true;
+        }
+        matches!(**self.retire_before.load(), Some(before) if created < before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolKey;
+
+    #[tokio::test]
+    async fn max_size_grows_and_shrinks_the_permits() {
+        let pool = Pool::new(
+            PoolKey::new("127.0.0.1:1", "db", "u"),
+            None,
+            PoolSettings {
+                max_size: 2,
+                ..PoolSettings::default()
+            },
+        );
+        pool.reconfigure(PoolSettings {
+            max_size: 5,
+            ..PoolSettings::default()
+        });
+        assert_eq!(pool.permits.available_permits(), 5);
+        assert_eq!(pool.settings().max_size, 5);
+        pool.reconfigure(PoolSettings {
+            max_size: 1,
+            ..PoolSettings::default()
+        });
+        assert_eq!(pool.permits.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn reconnect_retires_connections_opened_before_it() {
+        let pool = Pool::new(
+            PoolKey::new("127.0.0.1:1", "db", "u"),
+            None,
+            PoolSettings::default(),
+        );
+        let before = Instant::now();
+        assert!(!pool.outlived(before));
+        pool.reconnect();
+        assert!(pool.outlived(before));
+        assert!(!pool.outlived(Instant::now()));
+    }
+}
