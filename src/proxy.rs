@@ -11,11 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::listener::limits::ClientLimits;
 use crate::listener::{accept_loop, cancel::CancelRegistry};
 use crate::pool::Pools;
-use crate::session::Credentials;
 use crate::session::transaction::Catalogs;
 use crate::session::transaction::pins::PinCounters;
+use crate::session::{Credentials, Passthrough};
+use crate::tls::{Acceptor, Connector, TlsError, TlsFiles};
 
 /// The configuration in force and what is derived from it, swapped as a whole.
 #[derive(Debug)]
@@ -24,6 +26,32 @@ pub struct Settings {
     pub config: Config,
     /// Users' SCRAM verifiers and passwords.
     pub credentials: Credentials,
+    /// Client-facing TLS, when `[tls]` names a certificate.
+    pub client_tls: Option<Acceptor>,
+    /// TLS to the nodes (`[server_tls]`).
+    pub server_tls: Connector,
+    /// Auth passthrough, when `auth.user` is set.
+    pub passthrough: Option<Passthrough>,
+}
+
+impl Settings {
+    /// Derives everything from `config`: verifiers, and the TLS material
+    /// (read from disk now, so a bad file stops the start).
+    pub fn from_config(config: Config) -> Result<Self, TlsError> {
+        let credentials = Credentials::from_config(&config);
+        let client_tls = TlsFiles::from_config(&config.tls)
+            .map(Acceptor::load)
+            .transpose()?;
+        let server_tls = Connector::from_config(&config.server_tls)?;
+        let passthrough = Passthrough::from_config(&config, &server_tls);
+        Ok(Self {
+            config,
+            credentials,
+            client_tls,
+            server_tls,
+            passthrough,
+        })
+    }
 }
 
 /// State every session reads.
@@ -39,6 +67,8 @@ pub struct Shared {
     pub pins: PinCounters,
     /// What is known about each pool's statements and greetings.
     pub catalogs: Catalogs,
+    /// Connected clients, against the connection limits.
+    pub limits: Arc<ClientLimits>,
 }
 
 /// The two stages of shutdown, observed by the listener and every session.
@@ -61,6 +91,9 @@ pub enum ProxyError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A proxy bound to its port, ready to run.
@@ -91,16 +124,15 @@ impl Proxy {
         for _ in 1..workers {
             listeners.push(reuse_port_listener(resolved).map_err(bind_error)?);
         }
-        let credentials = Credentials::from_config(&config);
+        let settings = Settings::from_config(config)?;
+        let pools = Pools::with_tls(settings.server_tls.clone());
         let shared = Arc::new(Shared {
-            settings: ArcSwap::from_pointee(Settings {
-                config,
-                credentials,
-            }),
+            settings: ArcSwap::from_pointee(settings),
             cancels: Arc::new(CancelRegistry::default()),
-            pools: Pools::default(),
+            pools,
             pins: PinCounters::default(),
             catalogs: Catalogs::default(),
+            limits: Arc::default(),
         });
         Ok(Self { listeners, shared })
     }

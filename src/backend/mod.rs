@@ -1,7 +1,11 @@
-//! Server connections: connecting and logging in to a PostgreSQL node.
+//! Server connections: connecting (plain or TLS) and logging in to a
+//! PostgreSQL node.
 
 mod connect;
 mod error;
+mod scram_keys;
+mod secret;
 
 pub use connect::{ServerConnection, connect};
 pub use error::BackendError;
+pub use secret::{ScramKeys, Secret};

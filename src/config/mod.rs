@@ -29,6 +29,10 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Client-facing TLS.
     pub tls: TlsConfig,
+    /// TLS to the PostgreSQL nodes.
+    pub server_tls: ServerTlsConfig,
+    /// Auth passthrough: verifiers of users not in `[[users]]`, fetched from the primary.
+    pub auth: AuthQueryConfig,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
@@ -56,6 +60,13 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Threads serving clients; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// Most client connections open at once (0: no limit); beyond it new
+    /// clients get 53300 at once.
+    pub max_client_connections: usize,
+    /// A logged-in client that sends nothing for this long is disconnected
+    /// (0: never).
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +80,8 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: 0,
+            max_client_connections: 10_000,
+            client_idle_timeout: Duration::ZERO,
         }
     }
 }
@@ -183,6 +196,73 @@ pub struct TlsConfig {
     pub cert: Option<String>,
     /// PEM private key.
     pub key: Option<String>,
+    /// PEM CA certificates; when set, TLS clients must present a
+    /// certificate that chains to one of them (mTLS).
+    pub client_ca: Option<String>,
+}
+
+/// `[server_tls]`: TLS from the proxy to the PostgreSQL nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// Whether and how strictly connections to the nodes are encrypted.
+    pub mode: ServerTlsMode,
+    /// PEM CA certificates node certificates must chain to (verify-ca, verify-full).
+    pub ca_file: Option<String>,
+}
+
+/// `server_tls.mode`, with libpq's sslmode meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS when the node offers it, else plain; certificate not checked.
+    Prefer,
+    /// TLS or no connection; certificate not checked.
+    Require,
+    /// TLS with a certificate that chains to `ca_file`.
+    VerifyCa,
+    /// As verify-ca, and the certificate names the node's host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// True for the modes that check the node's certificate.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+/// `[auth]`: auth passthrough. Users not listed in `[[users]]` are looked
+/// up on the primary by `query`, run as `user`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthQueryConfig {
+    /// The role the proxy logs in as to run `query`; passthrough is off when unset.
+    pub user: Option<String>,
+    /// That role's password (or its SCRAM verifier copied from pg_authid).
+    pub password: Option<String>,
+    /// Returns `(name, verifier)` for the user in `$1`.
+    pub query: String,
+    /// Database `query` runs in.
+    pub database: String,
+    /// How long a fetched verifier (or its absence) is trusted.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthQueryConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            password: None,
+            query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            database: "postgres".into(),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `tls.mode`.
@@ -209,6 +289,9 @@ pub struct UserConfig {
     /// How the proxy authenticates this user's clients.
     #[serde(default)]
     pub auth: AuthMethod,
+    /// Most client connections this user may have open at once.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `users[].auth`.
@@ -278,12 +361,8 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
-        if self.tls.mode != TlsMode::Disable {
-            return Err(ConfigError::invalid(
-                "tls.mode",
-                "client TLS is not available in this version; use \"disable\"",
-            ));
-        }
+        self.validate_tls()?;
+        self.validate_auth_query()?;
         self.validate_users()
     }
 
@@ -313,6 +392,45 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let has_cert = self.tls.cert.is_some() && self.tls.key.is_some();
+        if self.tls.mode != TlsMode::Disable && !has_cert {
+            return Err(ConfigError::invalid(
+                "tls.mode",
+                "\"allow\" and \"require\" need tls.cert and tls.key",
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::invalid(
+                "tls.key",
+                "tls.cert and tls.key go together",
+            ));
+        }
+        if self.server_tls.mode.verifies() && self.server_tls.ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "server_tls.ca_file",
+                "required for server_tls.mode verify-ca and verify-full",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth_query(&self) -> Result<(), ConfigError> {
+        if self.auth.user.is_some() && self.auth.password.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.password",
+                "required when auth.user is set",
+            ));
+        }
+        if self.auth.user.is_some() && !self.auth.query.contains("$1") {
+            return Err(ConfigError::invalid(
+                "auth.query",
+                "must take the user name as $1",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_users(&self) -> Result<(), ConfigError> {
         for (index, user) in self.users.iter().enumerate() {
             let key = format!("users[{index}]");
@@ -326,6 +444,15 @@ impl Config {
                 return Err(ConfigError::invalid(
                     format!("{key}.name"),
                     format!("user {:?} is listed twice", user.name),
+                ));
+            }
+            if let Some(password) = &user.password
+                && password.starts_with(crate::session::VERIFIER_PREFIX)
+                && crate::session::ScramVerifier::parse(password).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.password"),
+                    "starts like a SCRAM verifier but is not one (SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey)",
                 ));
             }
             if user.auth == AuthMethod::ScramSha256 && user.password.is_none() {

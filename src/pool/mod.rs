@@ -42,8 +42,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
+
+use crate::backend::Secret;
+use crate::tls::Connector;
 
 pub use connection::PooledConnection;
 pub use error::PoolError;
@@ -58,7 +62,11 @@ use stats::{Counters, Gauges};
 /// The server connections of one (node, database, user).
 pub struct Pool {
     key: PoolKey,
-    password: Option<String>,
+    /// What new connections log in with; replaced when a client logs in
+    /// with different keys (auth passthrough after a password change).
+    secret: ArcSwapOption<Secret>,
+    /// TLS to the node.
+    tls: Connector,
     settings: PoolSettings,
     /// `max_size` permits; a checkout holds one while it holds a connection.
     permits: Arc<Semaphore>,
@@ -75,18 +83,30 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for `key` that logs in with `password` (if the server asks).
+    /// A pool for `key` that logs in with `secret` (if the server asks),
+    /// over plain TCP.
     ///
     /// Opens nothing itself; its reaper task (spawned here on the current
     /// Tokio runtime, ending when the pool is dropped) opens `min_size`
     /// connections in the background. Outside a runtime there is no
     /// reaper: connections are then only closed on checkin or when found
     /// expired at checkout.
-    pub fn new(key: PoolKey, password: Option<String>, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(key: PoolKey, secret: Option<Secret>, settings: PoolSettings) -> Arc<Self> {
+        Self::with_tls(key, secret, settings, Connector::default())
+    }
+
+    /// As [`Pool::new`], connecting to the node with `tls`.
+    pub fn with_tls(
+        key: PoolKey,
+        secret: Option<Secret>,
+        settings: PoolSettings,
+        tls: Connector,
+    ) -> Arc<Self> {
         let settings = settings.normalized();
         let pool = Arc::new(Self {
             key,
-            password,
+            secret: ArcSwapOption::from(secret.map(Arc::new)),
+            tls,
             permits: Arc::new(Semaphore::new(settings.max_size)),
             settings,
             idle: IdleList::default(),
@@ -98,6 +118,13 @@ impl Pool {
         });
         reaper::spawn(&pool);
         pool
+    }
+
+    /// Replaces the secret new connections log in with, when it differs.
+    pub fn update_secret(&self, secret: Option<Secret>) {
+        if self.secret.load().as_deref() != secret.as_ref() {
+            self.secret.store(secret.map(Arc::new));
+        }
     }
 
     /// Which pool this is.

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Pool, PoolKey, PoolSettings};
+use crate::backend::Secret;
+use crate::tls::Connector;
 
 /// The registry of pools: one [`Pool`] per [`PoolKey`], created on first
 /// use.
@@ -14,28 +16,39 @@ use super::{Pool, PoolKey, PoolSettings};
 #[derive(Debug, Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    tls: Connector,
 }
 
 impl Pools {
-    /// An empty registry.
+    /// An empty registry whose pools connect over plain TCP.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The pool for `key`, created with `password` and `settings` if it
-    /// does not exist yet. An existing pool keeps the password and
-    /// settings it was created with.
+    /// An empty registry whose pools connect to the nodes with `tls`.
+    pub fn with_tls(tls: Connector) -> Self {
+        Self {
+            pools: Mutex::default(),
+            tls,
+        }
+    }
+
+    /// The pool for `key`, created with `secret` and `settings` if it
+    /// does not exist yet. An existing pool keeps the settings it was
+    /// created with and takes `secret` for its next connections (a client
+    /// that just logged in proved it current).
     pub fn get_or_create(
         &self,
         key: PoolKey,
-        password: Option<String>,
+        secret: Option<Secret>,
         settings: PoolSettings,
     ) -> Arc<Pool> {
         let mut pools = self.lock();
         if let Some(pool) = pools.get(&key) {
+            pool.update_secret(secret);
             return Arc::clone(pool);
         }
-        let pool = Pool::new(key.clone(), password, settings);
+        let pool = Pool::with_tls(key.clone(), secret, settings, self.tls.clone());
         pools.insert(key, Arc::clone(&pool));
         pool
     }

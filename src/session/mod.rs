@@ -3,6 +3,8 @@
 
 mod auth;
 mod error;
+mod negotiate;
+mod passthrough;
 mod relay;
 mod scram;
 mod startup;
@@ -15,70 +17,115 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-pub use auth::Credentials;
+pub use auth::{Authenticated, Credentials};
 pub use error::SessionError;
-pub use scram::{ScramError, ScramVerifier};
+pub use passthrough::Passthrough;
+pub use scram::{
+    AwaitingClientFinal, Binding, MECHANISM, MECHANISM_PLUS, ScramError, ScramSuccess,
+    ScramVerifier, VERIFIER_PREFIX,
+};
 
 use crate::backend::{self, ServerConnection};
 use crate::listener::cancel::{CancelTarget, send_cancel};
 use crate::protocol::StartupPacket;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Shared, Shutdown};
+use crate::tls::ClientStream;
+use negotiate::{Opened, Refused};
 use relay::{Activity, RelayEnd};
 use startup::Opening;
 
 /// Serves one accepted client connection to its end.
-pub async fn serve(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-) {
-    let _ = client.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
+    let _ = tcp.set_nodelay(true);
     let settings = shared.settings.load_full();
-    let deadline = tokio::time::Instant::now() + settings.config.server.startup_timeout;
+    let server_config = &settings.config.server;
+    // Counted from accept, so stalled connections count too; one over the
+    // limit is still read up to its StartupMessage, so that the refusal
+    // reaches it in a form it can read (inside TLS if it asked for TLS).
+    let client_slot = shared
+        .limits
+        .try_client(server_config.max_client_connections);
+    let deadline = tokio::time::Instant::now() + server_config.startup_timeout;
     let mut buf = BytesMut::with_capacity(1024);
 
-    let opening =
-        tokio::time::timeout_at(deadline, startup::read_opening(&mut client, &mut buf)).await;
+    let acceptor = settings.client_tls.as_ref();
+    let opened = negotiate::open(tcp, &mut buf, acceptor, settings.config.tls.mode, deadline).await;
+    let Opened {
+        mut client,
+        opening,
+        binding,
+    } = match opened {
+        Ok(opened) => opened,
+        Err(Refused::Tell(mut client, error)) => return reject(&mut client, peer, &error).await,
+        Err(Refused::Silent(error)) => {
+            tracing::debug!(%peer, %error, "connection closed during negotiation");
+            return;
+        }
+    };
     let params = match opening {
-        Ok(Ok(Opening::Session { params })) => params,
-        Ok(Ok(Opening::Cancel { pid, secret })) => {
+        Opening::Session { params } => params,
+        Opening::Cancel { pid, secret } => {
             // As PostgreSQL: no reply either way, so a key guess learns nothing.
             if let Some(target) = shared.cancels.lookup(pid, &secret) {
                 send_cancel(&target).await;
             }
             return;
         }
-        Ok(Err(error)) => return reject(&mut client, peer, &error).await,
-        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
+        Opening::TlsRequest => {
+            let error = SessionError::UnexpectedMessage {
+                expected: "a StartupMessage",
+                tag: b'?',
+            };
+            return reject(&mut client, peer, &error).await;
+        }
     };
+    if client_slot.is_none() {
+        let error = SessionError::TooManyClients(server_config.max_client_connections);
+        return reject(&mut client, peer, &error).await;
+    }
     let user = StartupPacket::param(&params, "user").unwrap_or_default();
-    let credentials = &settings.credentials;
     let login = tokio::time::timeout_at(
         deadline,
-        auth::authenticate(&mut client, &mut buf, &user, credentials),
+        auth::authenticate(
+            &mut client,
+            &mut buf,
+            &user,
+            &settings.credentials,
+            settings.passthrough.as_ref(),
+            binding,
+        ),
     )
     .await;
-    let credential = match login {
-        Ok(Ok(credential)) => credential,
+    let authenticated = match login {
+        Ok(Ok(authenticated)) => authenticated,
         Ok(Err(error)) => return reject(&mut client, peer, &error).await,
         Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
     };
+    let _user_slot = match authenticated.max_connections {
+        Some(max) => match shared.limits.try_user(&user, max) {
+            Some(slot) => Some(slot),
+            None => {
+                let error = SessionError::TooManyForUser(user);
+                return reject(&mut client, peer, &error).await;
+            }
+        },
+        None => None,
+    };
 
-    let server_config = &settings.config.server;
+    let secret = authenticated.secret;
     if server_config.pool_mode == crate::config::PoolMode::Transaction {
-        let password = credential.password.clone();
         let shared = Arc::clone(&shared);
         let settings = Arc::clone(&settings);
-        transaction::serve(client, shared, settings, params, password, buf, shutdown).await;
+        transaction::serve(client, shared, settings, params, secret, buf, shutdown).await;
         return;
     }
     let primary = settings.config.primary();
     let server = backend::connect(
         primary,
         &params,
-        credential.password.as_deref(),
+        secret.as_ref(),
+        &settings.server_tls,
         server_config.connect_timeout,
     )
     .await;
@@ -114,7 +161,7 @@ pub async fn serve(
 }
 
 async fn finish(
-    mut client: TcpStream,
+    mut client: ClientStream,
     mut server: ServerConnection,
     early_client_bytes: BytesMut,
     target: &CancelTarget,
@@ -187,10 +234,14 @@ async fn finish(
     let _ = client.shutdown().await;
 }
 
-async fn reject(client: &mut TcpStream, peer: SocketAddr, error: &SessionError) {
+async fn reject(client: &mut ClientStream, peer: SocketAddr, error: &SessionError) {
     if matches!(
         error,
-        SessionError::WrongPassword(_) | SessionError::Backend(_)
+        SessionError::WrongPassword(_)
+            | SessionError::Backend(_)
+            | SessionError::TooManyClients(_)
+            | SessionError::TooManyForUser(_)
+            | SessionError::AuthLookup { .. }
     ) {
         tracing::info!(%peer, %error, "client rejected");
     } else {

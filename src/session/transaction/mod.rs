@@ -17,12 +17,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+use crate::backend::Secret;
 use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
+use crate::tls::ClientStream;
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
 use internal::InternalError;
@@ -31,7 +32,7 @@ use settings::{SNAPSHOT_SQL, SessionSettings};
 
 /// A logged-in client in transaction mode.
 pub struct TransactionSession {
-    client: TcpStream,
+    client: ClientStream,
     pool: Arc<Pool>,
     catalog: Arc<PoolCatalog>,
     settings: SessionSettings,
@@ -67,11 +68,11 @@ struct Login {
 /// learn the server's parameters under the client's settings, greets the
 /// client, then serves it until it leaves.
 pub async fn serve(
-    mut client: TcpStream,
+    mut client: ClientStream,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
     params: Vec<(String, String)>,
-    password: Option<String>,
+    password: Option<Secret>,
     early_client_bytes: BytesMut,
     shutdown: Shutdown,
 ) {
@@ -102,11 +103,11 @@ pub async fn serve(
 }
 
 async fn login(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     shared: &Arc<Shared>,
     settings: &Settings,
     params: &[(String, String)],
-    password: Option<String>,
+    password: Option<Secret>,
 ) -> Result<Option<Login>, Bytes> {
     let user = crate::protocol::StartupPacket::param(params, "user").unwrap_or_default();
     let database =
