@@ -63,10 +63,6 @@ pub struct ServerConfig {
     /// Most client connections open at once (0: no limit); beyond it new
     /// clients get 53300 at once.
     pub max_client_connections: usize,
-    /// A logged-in client that sends nothing for this long is disconnected
-    /// (0: never).
-    #[serde(with = "humantime_serde")]
-    pub client_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -81,7 +77,6 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: 0,
             max_client_connections: 10_000,
-            client_idle_timeout: Duration::ZERO,
         }
     }
 }
@@ -571,5 +566,51 @@ mod tests {
     fn shipped_example_config_is_valid() {
         let text = include_str!("../../config/switchyard.toml");
         load(text).unwrap();
+    }
+
+    #[test]
+    fn tls_modes_need_a_certificate_and_verify_modes_a_ca() {
+        let err = load(&format!("{MINIMAL}\n[tls]\nmode = \"require\"\n")).unwrap_err();
+        assert!(err.to_string().starts_with("tls.mode"), "{err}");
+        let err = load(&format!(
+            "{MINIMAL}\n[server_tls]\nmode = \"verify-full\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("server_tls.ca_file"), "{err}");
+        let config = load(&format!(
+            "{MINIMAL}\n[tls]\nmode = \"allow\"\ncert = \"c\"\nkey = \"k\"\n[server_tls]\nmode = \"verify-ca\"\nca_file = \"ca\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tls.mode, TlsMode::Allow);
+        assert_eq!(config.server_tls.mode, ServerTlsMode::VerifyCa);
+    }
+
+    #[test]
+    fn server_tls_section_is_reachable_by_environment() {
+        let vars = vec![
+            ("SWITCHYARD_SERVER_TLS_MODE".to_owned(), "prefer".to_owned()),
+            ("SWITCHYARD_AUTH_CACHE_TTL".to_owned(), "5s".to_owned()),
+            (
+                "SWITCHYARD_SERVER_MAX_CLIENT_CONNECTIONS".to_owned(),
+                "7".to_owned(),
+            ),
+        ];
+        let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
+        assert_eq!(config.server_tls.mode, ServerTlsMode::Prefer);
+        assert_eq!(config.auth.cache_ttl, Duration::from_secs(5));
+        assert_eq!(config.server.max_client_connections, 7);
+    }
+
+    #[test]
+    fn malformed_verifier_password_is_refused_naming_the_user() {
+        let text = MINIMAL.replace("password = \"secret\"", "password = \"SCRAM-SHA-256$x\"");
+        let err = load(&text).unwrap_err();
+        assert!(err.to_string().starts_with("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn auth_user_needs_a_password() {
+        let err = load(&format!("{MINIMAL}\n[auth]\nuser = \"pgbouncer\"\n")).unwrap_err();
+        assert!(err.to_string().starts_with("auth.password"), "{err}");
     }
 }
