@@ -171,3 +171,56 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
         end_point_hash,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_cert(dir: &std::path::Path, name: &str) -> [u8; 32] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        Sha256::digest(cert.der()).into()
+    }
+
+    fn files(dir: &std::path::Path) -> TlsFiles {
+        TlsFiles {
+            cert: dir.join("c.pem").display().to_string(),
+            key: dir.join("k.pem").display().to_string(),
+            client_ca: None,
+        }
+    }
+
+    #[test]
+    fn changed_files_are_loaded_at_the_next_check_and_bad_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_cert(dir.path(), "first");
+        let acceptor = Acceptor::load(files(dir.path())).unwrap();
+        assert_eq!(acceptor.current().end_point_hash, first);
+
+        let second = write_cert(dir.path(), "second-name-longer");
+        // Within the check interval nothing is looked at.
+        assert_eq!(acceptor.current().end_point_hash, first);
+        std::thread::sleep(RELOAD_CHECK_INTERVAL);
+        assert_eq!(acceptor.current().end_point_hash, second);
+
+        // A half-written rotation keeps the last good certificate.
+        std::fs::write(dir.path().join("c.pem"), "-----BEGIN CERT").unwrap();
+        std::thread::sleep(RELOAD_CHECK_INTERVAL);
+        assert_eq!(acceptor.current().end_point_hash, second);
+    }
+
+    #[test]
+    fn missing_or_empty_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Acceptor::load(files(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("c.pem"), "{err}");
+        std::fs::write(dir.path().join("c.pem"), "").unwrap();
+        let err = Acceptor::load(files(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("certificate chain"), "{err}");
+    }
+}
