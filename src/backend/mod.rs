@@ -8,4 +8,5 @@ mod secret;
 
 pub use connect::{ServerConnection, connect};
 pub use error::BackendError;
+pub use scram_keys::KeysExchange;
 pub use secret::{ScramKeys, Secret};

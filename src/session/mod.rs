@@ -24,6 +24,7 @@ pub use scram::{
     AwaitingClientFinal, Binding, MECHANISM, MECHANISM_PLUS, ScramError, ScramSuccess,
     ScramVerifier, VERIFIER_PREFIX,
 };
+pub use startup::{Opening, read_opening};
 
 use crate::backend::{self, ServerConnection};
 use crate::listener::cancel::{CancelTarget, send_cancel};
@@ -33,7 +34,6 @@ use crate::proxy::{Shared, Shutdown};
 use crate::tls::ClientStream;
 use negotiate::{Opened, Refused};
 use relay::{Activity, RelayEnd};
-use startup::Opening;
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
