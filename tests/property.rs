@@ -203,7 +203,7 @@ mod negotiation_and_scram {
             let _ = ScramVerifier::parse(&String::from_utf8_lossy(&first));
             let verifier = ScramVerifier::mock("prop", b"secret");
             let mechanism = if control & 1 == 1 { MECHANISM_PLUS } else { MECHANISM };
-            let binding = if control & 2 == 2 { Binding::TlsServerEndPoint([control; 32]) } else { Binding::None };
+            let binding = if control & 2 == 2 { Binding::TlsServerEndPoint(vec![control; 32].into()) } else { Binding::None };
             if let Ok(exchange) = AwaitingClientFinal::start(verifier, mechanism, &first, binding) {
                 let nonce = exchange.server_first().split(',').next().unwrap_or_default().to_owned();
                 let mut client_final = format!("c=biws,{nonce},").into_bytes();
@@ -227,7 +227,7 @@ mod negotiation_and_scram {
         ) {
             let verifier = ScramVerifier::mock("prop", b"secret");
             let (mechanism, flag, binding) = if plus {
-                (MECHANISM_PLUS, "p=tls-server-end-point", Binding::TlsServerEndPoint([9; 32]))
+                (MECHANISM_PLUS, "p=tls-server-end-point", Binding::TlsServerEndPoint(vec![9; 32].into()))
             } else {
                 (MECHANISM, "n", Binding::None)
             };

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mechanism = if control & 1 == 1 { MECHANISM_PLUS } else { MECHANISM };
     let binding = if control & 2 == 2 {
-        Binding::TlsServerEndPoint([control; 32])
+        Binding::TlsServerEndPoint(vec![control; 32].into())
     } else {
         Binding::None
     };

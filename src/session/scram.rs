@@ -172,12 +172,12 @@ impl std::fmt::Debug for ScramSuccess {
 }
 
 /// What the client's TLS session offers for channel binding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Binding {
     /// Plain connection: only SCRAM-SHA-256 was offered.
     None,
     /// TLS: SCRAM-SHA-256-PLUS was offered with this `tls-server-end-point` hash.
-    TlsServerEndPoint([u8; 32]),
+    TlsServerEndPoint(std::sync::Arc<[u8]>),
 }
 
 impl AwaitingClientFinal {
@@ -383,6 +383,7 @@ mod tests {
     }
 
     fn plus_exchange(server_hash: [u8; 32], client_hash: [u8; 32]) -> Result<(), ScramError> {
+        let server_hash: std::sync::Arc<[u8]> = server_hash.to_vec().into();
         let verifier = ScramVerifier::from_password("pw");
         let mut client = ScramSha256::new(
             b"pw",
@@ -418,7 +419,7 @@ mod tests {
             verifier,
             MECHANISM,
             b"y,,n=,r=abc",
-            Binding::TlsServerEndPoint([0; 32]),
+            Binding::TlsServerEndPoint(vec![0; 32].into()),
         )
         .unwrap_err();
         assert!(matches!(err, ScramError::ChannelBindingMismatch(_)));

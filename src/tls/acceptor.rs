@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
 use super::stream::ClientStream;
@@ -47,9 +46,8 @@ impl TlsFiles {
 pub struct Loaded {
     /// The rustls configuration.
     pub config: Arc<ServerConfig>,
-    /// `tls-server-end-point` channel binding data: SHA-256 of the leaf
-    /// certificate (RFC 5929; SHA-256 also stands in for MD5/SHA-1 signatures).
-    pub end_point_hash: [u8; 32],
+    /// `tls-server-end-point` channel binding data of the leaf certificate.
+    pub end_point_hash: Arc<[u8]>,
 }
 
 /// What a finished client handshake established.
@@ -58,7 +56,7 @@ pub struct Accepted {
     /// The encrypted client connection.
     pub stream: ClientStream,
     /// Channel binding data of the certificate this handshake used.
-    pub end_point_hash: [u8; 32],
+    pub end_point_hash: Arc<[u8]>,
 }
 
 /// The client-facing TLS state: the certificate in force and when its files
@@ -127,7 +125,7 @@ impl Acceptor {
         let stream = acceptor.accept(tcp).await.map_err(TlsError::Handshake)?;
         Ok(Accepted {
             stream: ClientStream::tls(stream),
-            end_point_hash: loaded.end_point_hash,
+            end_point_hash: Arc::clone(&loaded.end_point_hash),
         })
     }
 }
@@ -151,7 +149,7 @@ fn stamp(files: &TlsFiles) -> FileStamp {
 fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let certs = pem::certificates(&files.cert)?;
     let key = pem::private_key(&files.key)?;
-    let end_point_hash = Sha256::digest(certs[0].as_ref()).into();
+    let end_point_hash = super::end_point_hash(certs[0].as_ref()).into();
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match &files.client_ca {
@@ -176,7 +174,9 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
 mod tests {
     use super::*;
 
-    fn write_cert(dir: &std::path::Path, name: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+
+    fn write_cert(dir: &std::path::Path, name: &str) -> Arc<[u8]> {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
             .unwrap()
@@ -184,7 +184,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
-        Sha256::digest(cert.der()).into()
+        Sha256::digest(cert.der()).to_vec().into()
     }
 
     fn files(dir: &std::path::Path) -> TlsFiles {

@@ -6,6 +6,7 @@
 
 pub mod acceptor;
 pub mod connector;
+mod end_point;
 mod error;
 mod pem;
 pub mod stream;
@@ -16,6 +17,7 @@ use rustls::crypto::CryptoProvider;
 
 pub use acceptor::{Acceptor, TlsFiles};
 pub use connector::Connector;
+pub use end_point::end_point_hash;
 pub use error::TlsError;
 pub use stream::{ClientStream, MaybeTls, ServerStream};
 

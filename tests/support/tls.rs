@@ -14,7 +14,6 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
@@ -191,7 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
         let (_, session) = self.0.get_ref();
         match session.peer_certificates().and_then(|c| c.first()) {
-            Some(cert) => ChannelBinding::tls_server_end_point(Sha256::digest(cert).to_vec()),
+            Some(cert) => {
+                ChannelBinding::tls_server_end_point(switchyard::tls::end_point_hash(cert))
+            }
             None => ChannelBinding::none(),
         }
     }
