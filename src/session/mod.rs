@@ -26,94 +26,44 @@ pub use scram::{
 };
 pub use startup::{Opening, read_opening};
 
-use crate::backend::{self, ServerConnection};
+use crate::backend::{self, Secret, ServerConnection};
 use crate::listener::cancel::{CancelTarget, send_cancel};
+use crate::listener::limits::{ClientSlot, UserSlot};
 use crate::protocol::StartupPacket;
 use crate::protocol::messages::{self, ClientError};
-use crate::proxy::{Shared, Shutdown};
+use crate::proxy::{Settings, Shared, Shutdown};
 use crate::tls::ClientStream;
 use negotiate::{Opened, Refused};
 use relay::{Activity, RelayEnd};
 
+/// A client past encryption negotiation, authentication and the
+/// connection limits.
+struct Admitted {
+    client: ClientStream,
+    params: Vec<(String, String)>,
+    user: String,
+    /// Bytes the client sent after authenticating (a pipelined first query).
+    buf: BytesMut,
+    secret: Option<Secret>,
+    /// Held for the session's life: they count it against the limits.
+    _slots: (ClientSlot, Option<UserSlot>),
+}
+
 /// Serves one accepted client connection to its end.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
-    let _ = tcp.set_nodelay(true);
     let settings = shared.settings.load_full();
-    let server_config = &settings.config.server;
-    // Counted from accept, so stalled connections count too; one over the
-    // limit is still read up to its StartupMessage, so that the refusal
-    // reaches it in a form it can read (inside TLS if it asked for TLS).
-    let client_slot = shared
-        .limits
-        .try_client(server_config.max_client_connections);
-    let deadline = tokio::time::Instant::now() + server_config.startup_timeout;
-    let mut buf = BytesMut::with_capacity(1024);
-
-    let acceptor = settings.client_tls.as_ref();
-    let opened = negotiate::open(tcp, &mut buf, acceptor, settings.config.tls.mode, deadline).await;
-    let Opened {
+    let Some(admitted) = admit(tcp, peer, &shared, &settings).await else {
+        return;
+    };
+    let Admitted {
         mut client,
-        opening,
-        binding,
-    } = match opened {
-        Ok(opened) => opened,
-        Err(Refused::Tell(mut client, error)) => return reject(&mut client, peer, &error).await,
-        Err(Refused::Silent(error)) => {
-            tracing::debug!(%peer, %error, "connection closed during negotiation");
-            return;
-        }
-    };
-    let params = match opening {
-        Opening::Session { params } => params,
-        Opening::Cancel { pid, secret } => {
-            // As PostgreSQL: no reply either way, so a key guess learns nothing.
-            if let Some(target) = shared.cancels.lookup(pid, &secret) {
-                send_cancel(&target).await;
-            }
-            return;
-        }
-        Opening::TlsRequest => {
-            let error = SessionError::UnexpectedMessage {
-                expected: "a StartupMessage",
-                tag: b'?',
-            };
-            return reject(&mut client, peer, &error).await;
-        }
-    };
-    if client_slot.is_none() {
-        let error = SessionError::TooManyClients(server_config.max_client_connections);
-        return reject(&mut client, peer, &error).await;
-    }
-    let user = StartupPacket::param(&params, "user").unwrap_or_default();
-    let login = tokio::time::timeout_at(
-        deadline,
-        auth::authenticate(
-            &mut client,
-            &mut buf,
-            &user,
-            &settings.credentials,
-            settings.passthrough.as_ref(),
-            binding,
-        ),
-    )
-    .await;
-    let authenticated = match login {
-        Ok(Ok(authenticated)) => authenticated,
-        Ok(Err(error)) => return reject(&mut client, peer, &error).await,
-        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
-    };
-    let _user_slot = match authenticated.max_connections {
-        Some(max) => match shared.limits.try_user(&user, max) {
-            Some(slot) => Some(slot),
-            None => {
-                let error = SessionError::TooManyForUser(user);
-                return reject(&mut client, peer, &error).await;
-            }
-        },
-        None => None,
-    };
-
-    let secret = authenticated.secret;
+        params,
+        user,
+        buf,
+        secret,
+        _slots,
+    } = admitted;
+    let server_config = &settings.config.server;
     if server_config.pool_mode == crate::config::PoolMode::Transaction {
         let shared = Arc::clone(&shared);
         let settings = Arc::clone(&settings);
@@ -131,7 +81,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     .await;
     let mut server = match server {
         Ok(server) => server,
-        Err(error) => return reject(&mut client, peer, &SessionError::Backend(error)).await,
+        Err(error) => {
+            reject::<()>(&mut client, peer, &SessionError::Backend(error)).await;
+            return;
+        }
     };
     let target = CancelTarget {
         addr: server.addr.clone(),
@@ -158,6 +111,95 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     )
     .await;
     drop(registration);
+}
+
+/// Negotiates encryption, reads the StartupMessage (or serves a
+/// CancelRequest), applies the connection limits and authenticates, all
+/// within `server.startup_timeout`; a refused client has been told why.
+async fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    settings: &Settings,
+) -> Option<Admitted> {
+    let _ = tcp.set_nodelay(true);
+    let server_config = &settings.config.server;
+    // Counted from accept, so stalled connections count too; one over the
+    // limit is still read up to its StartupMessage, so that the refusal
+    // reaches it in a form it can read (inside TLS if it asked for TLS).
+    let client_slot = shared
+        .limits
+        .try_client(server_config.max_client_connections);
+    let deadline = tokio::time::Instant::now() + server_config.startup_timeout;
+    let mut buf = BytesMut::with_capacity(1024);
+    let acceptor = settings.client_tls.as_ref();
+    let opened = negotiate::open(tcp, &mut buf, acceptor, settings.config.tls.mode, deadline).await;
+    let Opened {
+        mut client,
+        opening,
+        binding,
+    } = match opened {
+        Ok(opened) => opened,
+        Err(Refused::Tell(mut client, error)) => return reject(&mut client, peer, &error).await,
+        Err(Refused::Silent(error)) => {
+            tracing::debug!(%peer, %error, "connection closed during negotiation");
+            return None;
+        }
+    };
+    let params = match opening {
+        Opening::Session { params } => params,
+        Opening::Cancel { pid, secret } => {
+            // As PostgreSQL: no reply either way, so a key guess learns nothing.
+            if let Some(target) = shared.cancels.lookup(pid, &secret) {
+                send_cancel(&target).await;
+            }
+            return None;
+        }
+        Opening::TlsRequest => {
+            let error = SessionError::UnexpectedMessage {
+                expected: "a StartupMessage",
+                tag: b'?',
+            };
+            return reject(&mut client, peer, &error).await;
+        }
+    };
+    let Some(client_slot) = client_slot else {
+        let error = SessionError::TooManyClients(server_config.max_client_connections);
+        return reject(&mut client, peer, &error).await;
+    };
+    let user = StartupPacket::param(&params, "user").unwrap_or_default();
+    let login = tokio::time::timeout_at(
+        deadline,
+        auth::authenticate(
+            &mut client,
+            &mut buf,
+            &user,
+            &settings.credentials,
+            settings.passthrough.as_ref(),
+            binding,
+        ),
+    )
+    .await;
+    let authenticated = match login {
+        Ok(Ok(authenticated)) => authenticated,
+        Ok(Err(error)) => return reject(&mut client, peer, &error).await,
+        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
+    };
+    let user_slot = match authenticated.max_connections {
+        Some(max) => match shared.limits.try_user(&user, max) {
+            Some(slot) => Some(slot),
+            None => return reject(&mut client, peer, &SessionError::TooManyForUser(user)).await,
+        },
+        None => None,
+    };
+    Some(Admitted {
+        client,
+        params,
+        user,
+        buf,
+        secret: authenticated.secret,
+        _slots: (client_slot, user_slot),
+    })
 }
 
 async fn finish(
@@ -234,7 +276,8 @@ async fn finish(
     let _ = client.shutdown().await;
 }
 
-async fn reject(client: &mut ClientStream, peer: SocketAddr, error: &SessionError) {
+/// Tells the client why it is refused and closes; `None`, for `admit`.
+async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionError) -> Option<T> {
     if matches!(
         error,
         SessionError::WrongPassword(_)
@@ -251,4 +294,5 @@ async fn reject(client: &mut ClientStream, peer: SocketAddr, error: &SessionErro
         let _ = client.write_all(&message).await;
     }
     let _ = client.shutdown().await;
+    None
 }

@@ -60,7 +60,7 @@ pub async fn open(
     if direct {
         let Some(acceptor) = acceptor else {
             // A TLS client cannot read a plaintext error; just close.
-            return Err(Refused::Silent(SessionError::Tls(TlsError::NoAlpn)));
+            return Err(Refused::Silent(SessionError::Tls(TlsError::NotOffered)));
         };
         let accepted = handshake(acceptor, tcp, deadline).await?;
         let alpn = accepted

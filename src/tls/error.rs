@@ -24,6 +24,9 @@ pub enum TlsError {
     /// The TLS handshake failed or timed out.
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
+    /// A client started TLS directly while client TLS is disabled.
+    #[error("direct TLS connection, but client TLS is disabled")]
+    NotOffered,
     /// A direct-TLS client did not negotiate the ALPN protocol "postgresql".
     #[error("direct TLS connection without ALPN \"postgresql\"")]
     NoAlpn,
