@@ -406,3 +406,86 @@ async fn require_fails_and_prefer_falls_back_when_the_node_has_no_tls() {
         .expect_err("plain node accepted");
     assert!(message(&error).contains("does not accept TLS"), "{error:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbench_runs_over_tls_on_both_sides_in_both_pool_modes() {
+    let ca = TestCa::new("switchyard test CA");
+    let proxy_cert = ca.issue("proxy", &["localhost", "127.0.0.1"]);
+    let cluster = tls_cluster(&ca);
+    let port = cluster.primary().port;
+    for mode in ["session", "transaction"] {
+        let proxy = ProxyProcess::start(&format!(
+            r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "127.0.0.1:0"
+pool_mode = "{mode}"
+[cluster]
+nodes = ["localhost:{port}"]
+primary = "localhost:{port}"
+[tls]
+mode = "require"
+cert = "{cert}"
+key = "{key}"
+[server_tls]
+mode = "verify-full"
+ca_file = "{ca}"
+[[users]]
+name = "{APP_USER}"
+password = "{APP_PASSWORD}"
+"#,
+            cert = proxy_cert.cert_path.display(),
+            key = proxy_cert.key_path.display(),
+            ca = ca.ca_path().display(),
+        ));
+        let conninfo = format!(
+            "host=localhost port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB} \
+             sslmode=verify-full sslrootcert={} channel_binding=require",
+            proxy.addr.port(),
+            ca.ca_path().display()
+        );
+        let pgbench = cluster.binaries().program("pgbench");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(&pgbench)
+                .args(args)
+                .arg(&conninfo)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "{mode} pgbench {args:?}: {text}\n{}",
+                proxy.log()
+            );
+            text
+        };
+        if mode == "session" {
+            run(&["-i", "-s", "1", "-q"]);
+        }
+        for query_mode in ["simple", "extended", "prepared"] {
+            let text = run(&["-M", query_mode, "-c", "4", "-j", "2", "-t", "100", "-n"]);
+            assert!(
+                text.contains("number of transactions actually processed: 400/400"),
+                "{mode} {query_mode}: {text}"
+            );
+        }
+        if mode == "transaction" {
+            // The pool's idle server connections are all encrypted.
+            let count = |ssl: &str| {
+                cluster
+                    .primary()
+                    .psql(&format!(
+                        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                         WHERE usename = 'app' AND ssl = {ssl}"
+                    ))
+                    .unwrap()
+            };
+            assert_ne!(count("true"), "0");
+            assert_eq!(count("false"), "0");
+        }
+    }
+}
