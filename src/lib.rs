@@ -18,4 +18,5 @@ pub mod proxy;
 pub mod router;
 pub mod session;
 pub mod testcluster;
+pub mod tls;
 pub mod topology;

@@ -51,10 +51,17 @@ fn main() -> ExitCode {
             switchyard::demo::run()
         }
         Some(Command::Check) => match load(cli.config) {
-            Ok(_) => {
-                println!("configuration is valid");
-                ExitCode::SUCCESS
-            }
+            // The TLS files are loaded too, so a bad certificate fails here, not at start.
+            Ok(config) => match switchyard::proxy::Settings::new(config) {
+                Ok(_) => {
+                    println!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(code) => code,
         },
         None => match load(cli.config.clone()) {

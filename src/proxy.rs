@@ -16,13 +16,15 @@ use crate::admin::clients::Clients;
 use crate::admin::state::{Control, Pause, Readiness};
 use crate::admin::topology::TopologyView;
 use crate::config::Config;
+use crate::listener::limits::ClientLimits;
 use crate::listener::{accept_loop, cancel::CancelRegistry};
 use crate::metrics::{Metrics, MetricsError};
 use crate::pool::Pools;
 use crate::router::access::WriteFunctions;
-use crate::session::Credentials;
 use crate::session::transaction::Catalogs;
 use crate::session::transaction::pins::PinCounters;
+use crate::session::{Credentials, Passthrough};
+use crate::tls::{Acceptor, Connector, TlsError, TlsFiles};
 use crate::topology::{LearnedWrites, Snapshot, Topology};
 
 /// The configuration in force and what is derived from it, swapped as a whole.
@@ -37,17 +39,34 @@ pub struct Settings {
     pub write_functions: WriteFunctions,
     /// When this configuration was loaded.
     pub loaded_at: SystemTime,
+    /// Client-facing TLS, when `[tls]` names a certificate.
+    pub client_tls: Option<Acceptor>,
+    /// TLS to the nodes (`[server_tls]`).
+    pub server_tls: Connector,
+    /// Auth passthrough, when `auth.user` is set.
+    pub passthrough: Option<Passthrough>,
 }
 
 impl Settings {
-    /// Derives everything the sessions need from a validated `config`.
-    pub fn new(config: Config) -> Self {
-        Self {
-            credentials: Credentials::from_config(&config),
+    /// Derives everything the sessions need from a validated `config`:
+    /// verifiers, the classifier's write functions, and the TLS material
+    /// (read from disk now, so a bad file stops the start or the reload).
+    pub fn new(config: Config) -> Result<Self, TlsError> {
+        let credentials = Credentials::from_config(&config);
+        let client_tls = TlsFiles::from_config(&config.tls)
+            .map(Acceptor::load)
+            .transpose()?;
+        let server_tls = Connector::from_config(&config.server_tls)?;
+        let passthrough = Passthrough::from_config(&config, &server_tls);
+        Ok(Self {
+            credentials,
             write_functions: WriteFunctions::new(&config.routing.write_functions),
             config,
             loaded_at: SystemTime::now(),
-        }
+            client_tls,
+            server_tls,
+            passthrough,
+        })
     }
 }
 
@@ -81,6 +100,8 @@ pub struct Shared {
     /// The configuration file, re-read by reloads; `None` when the proxy
     /// was built from a `Config` value alone.
     pub config_path: Option<PathBuf>,
+    /// Connected clients, against the connection limits.
+    pub limits: Arc<ClientLimits>,
 }
 
 impl Shared {
@@ -115,6 +136,9 @@ pub enum ProxyError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A proxy bound to its port, ready to run.
@@ -155,10 +179,12 @@ impl Proxy {
         let admin = bind_admin(&config.server.admin_listen)?;
         let metrics = Arc::new(Metrics::new()?);
         let topology = Arc::new(Topology::new(Snapshot::initial(Vec::new())));
+        let settings = Settings::new(config)?;
+        let pools = Pools::with_parts(settings.server_tls.clone(), Arc::clone(&metrics));
         let shared = Arc::new(Shared {
-            settings: ArcSwap::from_pointee(Settings::new(config)),
+            settings: ArcSwap::from_pointee(settings),
             cancels: Arc::new(CancelRegistry::default()),
-            pools: Pools::with_metrics(Arc::clone(&metrics)),
+            pools,
             pins: PinCounters::default(),
             catalogs: Catalogs::default(),
             topology,
@@ -169,6 +195,7 @@ impl Proxy {
             pause: Pause::default(),
             control: Control::default(),
             config_path: path,
+            limits: Arc::default(),
         });
         Ok(Self {
             listeners,

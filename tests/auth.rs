@@ -137,3 +137,96 @@ auth = "trust"
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), user);
     }
 }
+
+/// Users and `[auth]` for a proxy in front of `cluster` (no `[[users]]` from support).
+fn config_with(
+    cluster: &switchyard::testcluster::LocalCluster,
+    server: &str,
+    rest: &str,
+) -> String {
+    let primary = cluster.primary().addr();
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "127.0.0.1:0"
+{server}
+[cluster]
+nodes = ["{primary}"]
+primary = "{primary}"
+{rest}
+"#
+    )
+}
+
+async fn login(port: u16, user: &str, password: &str) -> Result<String, tokio_postgres::Error> {
+    let dsn = format!("host=127.0.0.1 port={port} user={user} password={password} dbname={APP_DB}");
+    let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    // Two transactions, so transaction pooling opens (or reuses) pooled connections.
+    client.simple_query("SELECT 1").await?;
+    let row = client.query_one("SELECT current_user::text", &[]).await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verifier_only_user_logs_in_to_the_node_without_a_plaintext_password() {
+    let h = Harness::start();
+    let verifier = h.admin_sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'");
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    for mode in ["session", "transaction"] {
+        let config = config_with(
+            &h.cluster,
+            &format!("pool_mode = \"{mode}\""),
+            &format!("[[users]]\nname = \"app\"\npassword = \"{verifier}\"\n"),
+        );
+        let proxy = support::ProxyProcess::start(&config);
+        let user = login(proxy.addr.port(), "app", support::APP_PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {e:?}\n{}", proxy.log()));
+        assert_eq!(user, "app");
+        let error = login(proxy.addr.port(), "app", "wrong").await.unwrap_err();
+        assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD), "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_passthrough_follows_password_changes_after_the_cache_expires() {
+    let h = Harness::start();
+    h.admin_sql(
+        "CREATE ROLE pt_user LOGIN PASSWORD 'first-pw'; GRANT CONNECT ON DATABASE appdb TO pt_user",
+    );
+    for mode in ["session", "transaction"] {
+        let config = config_with(
+            &h.cluster,
+            &format!("pool_mode = \"{mode}\""),
+            &format!(
+                "[auth]\nuser = \"postgres\"\npassword = \"{}\"\ncache_ttl = \"1s\"\n",
+                h.cluster.superuser_password()
+            ),
+        );
+        let proxy = support::ProxyProcess::start(&config);
+        let port = proxy.addr.port();
+        let (old, new) = if mode == "session" {
+            ("first-pw", "second-pw")
+        } else {
+            ("second-pw", "third-pw")
+        };
+        let user = login(port, "pt_user", old)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {e:?}\n{}", proxy.log()));
+        assert_eq!(user, "pt_user");
+        // Unknown to PostgreSQL too: fails like a wrong password.
+        let error = login(port, "no_such_role", "x").await.unwrap_err();
+        assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD));
+
+        h.admin_sql(&format!("ALTER ROLE pt_user PASSWORD '{new}'"));
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        let user = login(port, "pt_user", new)
+            .await
+            .unwrap_or_else(|e| panic!("{mode} new password: {e:?}\n{}", proxy.log()));
+        assert_eq!(user, "pt_user");
+        let error = login(port, "pt_user", old).await.unwrap_err();
+        assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD), "{mode}");
+    }
+}

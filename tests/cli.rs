@@ -84,3 +84,24 @@ fn environment_overrides_are_applied_and_checked() {
     assert!(text.contains("SWITCHYARD_NOPE_X"), "{text}");
     assert!(check(VALID, &[("SWITCHYARD_SERVER_LISTEN", "127.0.0.1:7777")]).0);
 }
+
+#[test]
+fn check_loads_the_tls_files_and_names_the_one_that_fails() {
+    let (ok, text) = check(
+        &format!(
+            "{VALID}\n[tls]\nmode = \"require\"\ncert = \"/nonexistent/tls.crt\"\nkey = \"/nonexistent/tls.key\"\n"
+        ),
+        &[],
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("/nonexistent/tls.crt"), "{text}");
+    let (ok, text) = check(
+        VALID,
+        &[
+            ("SWITCHYARD_SERVER_TLS_MODE", "verify-full"),
+            ("SWITCHYARD_SERVER_TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ],
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("/nonexistent/ca.pem"), "{text}");
+}

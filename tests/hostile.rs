@@ -115,3 +115,57 @@ async fn silent_client_is_dropped_after_the_startup_timeout() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     assert_eq!(sqlstate(&reply).as_deref(), Some("08006"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_stalled_half_startups_are_dropped_at_the_timeout_while_a_client_is_served() {
+    const STALLED: usize = 1000;
+    let timeout = std::time::Duration::from_secs(3);
+    let h = Harness::with(support::spec(), "startup_timeout = \"3s\"");
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED {
+        let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+        // Half a startup packet (length 40, then 2 of the 4 version bytes).
+        stream.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
+        stalled.push(stream);
+    }
+    let opened = started.elapsed();
+
+    // Meanwhile a normal client logs in and is served.
+    let served_at = std::time::Instant::now();
+    let client = connect(&h.proxy_dsn()).await;
+    let row = client.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    let served_in = served_at.elapsed();
+    assert!(
+        started.elapsed() < timeout,
+        "opening {STALLED} connections and serving a client took {:?}",
+        started.elapsed()
+    );
+
+    // Every stalled connection is closed by the proxy, with 08006, at the timeout.
+    let reads = stalled.into_iter().map(|mut stream| async move {
+        let mut reply = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut reply).await;
+        reply
+    });
+    let replies = tokio::time::timeout(
+        timeout + std::time::Duration::from_secs(10),
+        futures_util::future::join_all(reads),
+    )
+    .await
+    .expect("every stalled connection closed");
+    let closed_after = started.elapsed();
+    assert!(closed_after >= timeout - std::time::Duration::from_millis(100));
+    let timed_out = replies
+        .iter()
+        .filter(|r| sqlstate(r).as_deref() == Some("08006"))
+        .count();
+    assert_eq!(timed_out, STALLED);
+    eprintln!(
+        "{STALLED} stalled connections opened in {opened:?}; client served in {served_in:?}; \
+         all closed {closed_after:?} after the first"
+    );
+    // The served client is still fine.
+    client.query_one("SELECT 2", &[]).await.unwrap();
+}

@@ -91,3 +91,151 @@ proptest! {
         }
     }
 }
+
+/// The same inputs as the `negotiation` and `scram` fuzz targets (fuzz/),
+/// as property tests in the normal suite.
+mod negotiation_and_scram {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+    use switchyard::backend::{KeysExchange, ScramKeys};
+    use switchyard::session::{
+        AwaitingClientFinal, Binding, MECHANISM, MECHANISM_PLUS, Opening, ScramVerifier,
+        read_opening,
+    };
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// A socket whose peer sent `input` in chunks of `chunk` bytes, then closed.
+    struct Replay {
+        input: Vec<u8>,
+        chunk: usize,
+        written: usize,
+    }
+
+    impl AsyncRead for Replay {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.input.len().min(self.chunk).min(buf.remaining());
+            let taken: Vec<u8> = self.input.drain(..n).collect();
+            buf.put_slice(&taken);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Replay {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn ssl_request() -> Vec<u8> {
+        let mut packet = 8u32.to_be_bytes().to_vec();
+        packet.extend_from_slice(&80_877_103i32.to_be_bytes());
+        packet
+    }
+
+    fn opening(
+        input: Vec<u8>,
+        chunk: usize,
+        tls_offered: bool,
+    ) -> (Result<Opening, String>, usize, usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut stream = Replay {
+            input,
+            chunk,
+            written: 0,
+        };
+        let mut buf = BytesMut::new();
+        let result = runtime.block_on(read_opening(&mut stream, &mut buf, tls_offered));
+        (result.map_err(|e| e.to_string()), stream.written, buf.len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn opening_never_panics_and_only_accepts_tls_when_offered(
+            prefix_ssl in any::<bool>(),
+            data in proptest::collection::vec(any::<u8>(), 0..512),
+            chunk in 1usize..64,
+            tls_offered in any::<bool>(),
+        ) {
+            let mut input = if prefix_ssl { ssl_request() } else { Vec::new() };
+            let smuggled = !data.is_empty();
+            input.extend(data);
+            let (result, written, left) = opening(input, chunk, tls_offered);
+            if let Ok(Opening::TlsRequest) = result {
+                prop_assert!(tls_offered);
+                prop_assert_eq!(left, 0);
+            }
+            if prefix_ssl && tls_offered && smuggled {
+                // Bytes behind an SSLRequest are an injection attempt, never TLS.
+                prop_assert!(!matches!(result, Ok(Opening::TlsRequest)) || chunk <= 8);
+            }
+            prop_assert!(written <= 3 + 10_016);
+        }
+
+        #[test]
+        fn scram_parsers_never_panic_and_a_mock_never_authenticates(
+            first in proptest::collection::vec(any::<u8>(), 0..200),
+            second in proptest::collection::vec(any::<u8>(), 0..200),
+            control in any::<u8>(),
+        ) {
+            let _ = ScramVerifier::parse(&String::from_utf8_lossy(&first));
+            let verifier = ScramVerifier::mock("prop", b"secret");
+            let mechanism = if control & 1 == 1 { MECHANISM_PLUS } else { MECHANISM };
+            let binding = if control & 2 == 2 { Binding::TlsServerEndPoint(vec![control; 32].into()) } else { Binding::None };
+            if let Ok(exchange) = AwaitingClientFinal::start(verifier, mechanism, &first, binding) {
+                let nonce = exchange.server_first().split(',').next().unwrap_or_default().to_owned();
+                let mut client_final = format!("c=biws,{nonce},").into_bytes();
+                client_final.extend_from_slice(&second);
+                prop_assert!(exchange.finish(&client_final).is_err());
+            }
+            let mut client = KeysExchange::new(ScramKeys {
+                client_key: [1; 32],
+                server_key: [2; 32],
+                salt: vec![3; 16],
+                iterations: 4096,
+            });
+            let _ = client.respond(&first);
+            let _ = client.finish(&second);
+        }
+
+        #[test]
+        fn well_formed_client_first_messages_start_an_exchange(
+            nonce in "[!-+--~]{1,40}",
+            plus in any::<bool>(),
+        ) {
+            let verifier = ScramVerifier::mock("prop", b"secret");
+            let (mechanism, flag, binding) = if plus {
+                (MECHANISM_PLUS, "p=tls-server-end-point", Binding::TlsServerEndPoint(vec![9; 32].into()))
+            } else {
+                (MECHANISM, "n", Binding::None)
+            };
+            let first = format!("{flag},,n=,r={nonce}");
+            let exchange = AwaitingClientFinal::start(verifier, mechanism, first.as_bytes(), binding).unwrap();
+            let server_first = exchange.server_first().to_owned();
+            let prefix = format!("r={nonce}");
+            prop_assert!(server_first.starts_with(&prefix));
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::tls::ClientStream;
 
 use super::clients::{ClientGuard, ClientInfo};
 use crate::pool::Pool;
@@ -99,7 +99,7 @@ pub fn stretch_ended(shared: &Shared, pool: &Pool, traffic: &mut Traffic, starte
 /// An authenticated client asked for the console database: serves the
 /// console to an admin user, refuses anyone else.
 pub async fn console(
-    mut client: TcpStream,
+    mut client: ClientStream,
     peer: SocketAddr,
     early: BytesMut,
     shared: Arc<Shared>,

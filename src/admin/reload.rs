@@ -30,6 +30,9 @@ pub enum ReloadError {
     /// The new file cannot be used.
     #[error("new configuration refused, the previous one stays in force: {0}")]
     Config(#[from] ConfigError),
+    /// A TLS file the new configuration names cannot be loaded.
+    #[error("new configuration refused, the previous one stays in force: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The reload task did not finish (the runtime is shutting down).
     #[error("reload aborted")]
     Aborted,
@@ -75,7 +78,7 @@ fn try_reload(shared: &Shared) -> Result<ReloadOutcome, ReloadError> {
             "setting cannot change without a restart; new value ignored"
         );
     }
-    let settings = Settings::new(config);
+    let settings = Settings::new(config)?;
     let pool_settings = pool_settings(&settings);
     shared.settings.store(Arc::new(settings));
     for pool in shared.pools.all() {

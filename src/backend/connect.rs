@@ -8,13 +8,17 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BackendError;
+use super::scram_keys::KeysExchange;
+use super::secret::Secret;
+use crate::config::ServerTlsMode;
 use crate::protocol::frame::{BodyReader, HEADER_LEN};
 use crate::protocol::io::read_message;
 use crate::protocol::{Frame, ProtocolError};
+use crate::tls::{Connector, ServerStream};
 
 /// Largest message accepted from a server before it is logged in.
 const LOGIN_MESSAGE_LIMIT: usize = 64 * 1024;
@@ -22,8 +26,8 @@ const LOGIN_MESSAGE_LIMIT: usize = 64 * 1024;
 /// A logged-in server connection, ready for queries.
 #[derive(Debug)]
 pub struct ServerConnection {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, plain or TLS.
+    pub stream: ServerStream,
     /// The node's address.
     pub addr: String,
     /// The server's BackendKeyData process id.
@@ -45,15 +49,16 @@ pub struct ServerConnection {
     pub settings_fingerprint: u64,
 }
 
-/// Connects to `addr` and logs in with the client's startup `params`
-/// (which include `user`), within `timeout`.
+/// Connects to `addr` (TLS as `tls` says) and logs in with the client's
+/// startup `params` (which include `user`), within `timeout`.
 pub async fn connect(
     addr: &str,
     params: &[(String, String)],
-    password: Option<&str>,
+    secret: Option<&Secret>,
+    tls: &Connector,
     timeout: Duration,
 ) -> Result<ServerConnection, BackendError> {
-    tokio::time::timeout(timeout, connect_and_login(addr, params, password))
+    tokio::time::timeout(timeout, connect_and_login(addr, params, secret, tls))
         .await
         .map_err(|_| BackendError::Timeout {
             addr: addr.to_owned(),
@@ -63,25 +68,26 @@ pub async fn connect(
 async fn connect_and_login(
     addr: &str,
     params: &[(String, String)],
-    password: Option<&str>,
+    secret: Option<&Secret>,
+    tls: &Connector,
 ) -> Result<ServerConnection, BackendError> {
-    let mut stream = TcpStream::connect(addr)
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| BackendError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
     // Small request/response messages must not wait for Nagle's timer.
-    stream
-        .set_nodelay(true)
+    tcp.set_nodelay(true)
         .map_err(|source| BackendError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
+    let mut stream = negotiate_tls(addr, tcp, tls).await?;
     let mut login = Login {
         addr,
         user: crate::protocol::StartupPacket::param(params, "user").unwrap_or_default(),
-        password,
+        secret,
         buf: BytesMut::with_capacity(8192),
         out: BytesMut::with_capacity(512),
         scram: None,
@@ -93,17 +99,76 @@ async fn connect_and_login(
     login.run(stream).await
 }
 
+/// Asks the node for TLS (SSLRequest) when the mode says so and runs the
+/// handshake; `prefer` falls back to plain TCP when the node declines.
+async fn negotiate_tls(
+    addr: &str,
+    mut tcp: TcpStream,
+    tls: &Connector,
+) -> Result<ServerStream, BackendError> {
+    if tls.mode() == ServerTlsMode::Disable {
+        return Ok(ServerStream::Plain(tcp));
+    }
+    let io_error = |source: std::io::Error| BackendError::Read {
+        addr: addr.to_owned(),
+        source: source.into(),
+    };
+    tcp.write_all(&crate::protocol::startup::ssl_request())
+        .await
+        .map_err(io_error)?;
+    let answer = tcp.read_u8().await.map_err(io_error)?;
+    match answer {
+        b'S' => {}
+        b'N' if tls.mode() == ServerTlsMode::Prefer => return Ok(ServerStream::Plain(tcp)),
+        b'N' => {
+            return Err(BackendError::Tls {
+                addr: addr.to_owned(),
+                reason: "the server does not accept TLS connections".into(),
+            });
+        }
+        _ => return Err(protocol_error(addr, "unexpected answer to SSLRequest")),
+    }
+    let host = host_of(addr);
+    tls.connect(host, tcp)
+        .await
+        .map_err(|error| BackendError::Tls {
+            addr: addr.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn protocol_error(addr: &str, reason: &'static str) -> BackendError {
+    BackendError::Protocol {
+        addr: addr.to_owned(),
+        reason: ProtocolError::Malformed(reason),
+    }
+}
+
+/// The SCRAM exchange with a node in progress.
+enum ScramClient {
+    /// postgres-protocol's client, with the password.
+    Password(ScramSha256),
+    /// Proof from ClientKey, when only a verifier is known.
+    Keys(KeysExchange),
+}
+
 struct Login<'a> {
     addr: &'a str,
     user: String,
-    password: Option<&'a str>,
+    secret: Option<&'a Secret>,
     buf: BytesMut,
     out: BytesMut,
-    scram: Option<ScramSha256>,
+    scram: Option<ScramClient>,
 }
 
 impl<'a> Login<'a> {
-    async fn run(mut self, mut stream: TcpStream) -> Result<ServerConnection, BackendError> {
+    async fn run(mut self, mut stream: ServerStream) -> Result<ServerConnection, BackendError> {
         let mut startup_messages = BytesMut::new();
         let mut key = None;
         loop {
@@ -181,40 +246,64 @@ impl<'a> Login<'a> {
         if !offered {
             return Err(self.scram("server does not offer SCRAM-SHA-256"));
         }
-        let scram = ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
-        frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut self.out)
+        let scram = match self.secret {
+            Some(Secret::ScramKeys(keys)) => ScramClient::Keys(KeysExchange::new(keys.clone())),
+            _ => ScramClient::Password(ScramSha256::new(
+                self.password()?.as_bytes(),
+                ChannelBinding::unsupported(),
+            )),
+        };
+        let first = match &scram {
+            ScramClient::Password(client) => client.message().to_vec(),
+            ScramClient::Keys(exchange) => exchange.client_first().into_bytes(),
+        };
+        frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut self.out)
             .map_err(|_| self.protocol("bad SASL message"))?;
         self.scram = Some(scram);
         Ok(())
     }
 
     fn scram_continue(&mut self, data: &[u8]) -> Result<(), BackendError> {
-        let Some(scram) = self.scram.as_mut() else {
-            return Err(self.protocol("SASLContinue before SASL"));
+        let message = match self.scram.as_mut() {
+            None => return Err(self.protocol("SASLContinue before SASL")),
+            Some(ScramClient::Password(client)) => client
+                .update(data)
+                .map(|()| client.message().to_vec())
+                .map_err(|e| e.to_string()),
+            Some(ScramClient::Keys(exchange)) => exchange
+                .respond(data)
+                .map(String::into_bytes)
+                .map_err(str::to_owned),
         };
-        if let Err(error) = scram.update(data) {
-            return Err(self.scram(&error.to_string()));
-        }
-        let message = scram.message().to_vec();
+        let message = message.map_err(|reason| self.scram(&reason))?;
         frontend::sasl_response(&message, &mut self.out)
             .map_err(|_| self.protocol("bad SASL message"))
     }
 
     fn scram_finish(&mut self, data: &[u8]) -> Result<(), BackendError> {
-        let Some(scram) = self.scram.as_mut() else {
-            return Err(self.protocol("SASLFinal before SASL"));
+        let result = match self.scram.as_mut() {
+            None => return Err(self.protocol("SASLFinal before SASL")),
+            Some(ScramClient::Password(client)) => client.finish(data).map_err(|e| e.to_string()),
+            Some(ScramClient::Keys(exchange)) => exchange.finish(data).map_err(str::to_owned),
         };
-        scram.finish(data).map_err(|e| self.scram(&e.to_string()))
+        result.map_err(|reason| self.scram(&reason))
     }
 
     fn password(&self) -> Result<&'a str, BackendError> {
-        self.password.ok_or_else(|| BackendError::NoPassword {
-            addr: self.addr.to_owned(),
-            user: self.user.clone(),
-        })
+        match self.secret {
+            Some(Secret::Password(password)) => Ok(password),
+            Some(Secret::ScramKeys(_)) => Err(BackendError::VerifierOnly {
+                addr: self.addr.to_owned(),
+                user: self.user.clone(),
+            }),
+            None => Err(BackendError::NoPassword {
+                addr: self.addr.to_owned(),
+                user: self.user.clone(),
+            }),
+        }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), BackendError> {
+    async fn flush(&mut self, stream: &mut ServerStream) -> Result<(), BackendError> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -227,7 +316,7 @@ impl<'a> Login<'a> {
     }
 
     fn protocol(&self, reason: &'static str) -> BackendError {
-        self.protocol_error(ProtocolError::Malformed(reason))
+        protocol_error(self.addr, reason)
     }
 
     fn protocol_error(&self, reason: ProtocolError) -> BackendError {
@@ -252,4 +341,16 @@ fn reframe(frame: &Frame) -> Bytes {
     out.extend_from_slice(&(frame.body.len() as u32 + 4).to_be_bytes());
     out.extend_from_slice(&frame.body);
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_is_the_address_without_port() {
+        assert_eq!(host_of("db.example.com:5432"), "db.example.com");
+        assert_eq!(host_of("127.0.0.1:5432"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:5432"), "::1");
+    }
 }

@@ -43,6 +43,24 @@ pub enum BackendError {
         /// The role.
         user: String,
     },
+    /// The server asked for md5 or cleartext and only a SCRAM verifier is known.
+    #[error(
+        "server {addr} asks for a password for user {user:?}, but only a SCRAM verifier is known (the node must use scram-sha-256)"
+    )]
+    VerifierOnly {
+        /// The node's address.
+        addr: String,
+        /// The role.
+        user: String,
+    },
+    /// TLS to the server was required and could not be established or verified.
+    #[error("TLS with server {addr} failed: {reason}")]
+    Tls {
+        /// The node's address.
+        addr: String,
+        /// What failed (e.g. the certificate does not match the host name).
+        reason: String,
+    },
     /// The server asked for an authentication method the proxy cannot do.
     #[error("server {addr} requested unsupported authentication method {code}")]
     UnsupportedAuth {
@@ -74,11 +92,12 @@ impl BackendError {
     pub fn to_client(&self) -> Bytes {
         match self {
             Self::Refused(raw) => raw.clone(),
-            Self::NoPassword { .. } | Self::Scram { .. } | Self::UnsupportedAuth { .. } => {
-                ClientError::fatal("28000", self.to_string())
-                    .to_bytes()
-                    .freeze()
-            }
+            Self::NoPassword { .. }
+            | Self::VerifierOnly { .. }
+            | Self::Scram { .. }
+            | Self::UnsupportedAuth { .. } => ClientError::fatal("28000", self.to_string())
+                .to_bytes()
+                .freeze(),
             _ => ClientError::fatal("08006", self.to_string())
                 .to_bytes()
                 .freeze(),

@@ -15,6 +15,8 @@ const SECTIONS: &[&str] = &[
     "patroni",
     "kubernetes",
     "tls",
+    "server_tls",
+    "auth",
     "admin",
     "log",
 ];
@@ -41,18 +43,23 @@ pub fn apply_overrides(
             continue;
         }
         let lower = rest.to_ascii_lowercase();
-        let Some((section, key)) = lower.split_once('_') else {
-            return Err(env_error(&var, "expected SWITCHYARD_<SECTION>_<KEY>"));
-        };
-        if !SECTIONS.contains(&section) {
-            return Err(env_error(
-                &var,
-                format!(
-                    "unknown section {section:?}; known: {}",
-                    SECTIONS.join(", ")
+        // Longest section name first: SERVER_TLS_MODE is server_tls.mode.
+        let Some((section, key)) = SECTIONS
+            .iter()
+            .filter_map(|s| Some((*s, lower.strip_prefix(s)?.strip_prefix('_')?)))
+            .max_by_key(|(s, _)| s.len())
+        else {
+            return Err(match lower.split_once('_') {
+                Some((section, _)) => env_error(
+                    &var,
+                    format!(
+                        "unknown section {section:?}; known: {}",
+                        SECTIONS.join(", ")
+                    ),
                 ),
-            ));
-        }
+                None => env_error(&var, "expected SWITCHYARD_<SECTION>_<KEY>"),
+            });
+        };
         let value = parse_value(key, &raw);
         let entry = table
             .entry(section.to_owned())

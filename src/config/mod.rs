@@ -39,6 +39,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// TLS to the PostgreSQL nodes.
+    pub server_tls: ServerTlsConfig,
+    /// Auth passthrough: verifiers of users not in `[[users]]`, fetched from the primary.
+    pub auth: AuthQueryConfig,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
@@ -111,6 +115,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Threads serving clients; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// Most client connections open at once (0: no limit); beyond it new
+    /// clients get 53300 at once.
+    pub max_client_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +132,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             worker_threads: 0,
+            max_client_connections: 10_000,
         }
     }
 }
@@ -291,6 +299,73 @@ pub struct TlsConfig {
     pub cert: Option<String>,
     /// PEM private key.
     pub key: Option<String>,
+    /// PEM CA certificates; when set, TLS clients must present a
+    /// certificate that chains to one of them (mTLS).
+    pub client_ca: Option<String>,
+}
+
+/// `[server_tls]`: TLS from the proxy to the PostgreSQL nodes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// Whether and how strictly connections to the nodes are encrypted.
+    pub mode: ServerTlsMode,
+    /// PEM CA certificates node certificates must chain to (verify-ca, verify-full).
+    pub ca_file: Option<String>,
+}
+
+/// `server_tls.mode`, with libpq's sslmode meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS when the node offers it, else plain; certificate not checked.
+    Prefer,
+    /// TLS or no connection; certificate not checked.
+    Require,
+    /// TLS with a certificate that chains to `ca_file`.
+    VerifyCa,
+    /// As verify-ca, and the certificate names the node's host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// True for the modes that check the node's certificate.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+/// `[auth]`: auth passthrough. Users not listed in `[[users]]` are looked
+/// up on the primary by `query`, run as `user`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthQueryConfig {
+    /// The role the proxy logs in as to run `query`; passthrough is off when unset.
+    pub user: Option<String>,
+    /// That role's password (or its SCRAM verifier copied from pg_authid).
+    pub password: Option<String>,
+    /// Returns `(name, verifier)` for the user in `$1`.
+    pub query: String,
+    /// Database `query` runs in.
+    pub database: String,
+    /// How long a fetched verifier (or its absence) is trusted.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthQueryConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            password: None,
+            query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            database: "postgres".into(),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `tls.mode`.
@@ -321,6 +396,9 @@ pub struct UserConfig {
     pub route: Option<Route>,
     /// Overrides the database's and `routing.consistency` for this user.
     pub consistency: Option<Consistency>,
+    /// Most client connections this user may have open at once.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `users[].auth`.
@@ -391,12 +469,8 @@ impl Config {
         }
         self.validate_users()?;
         self.validate_cluster()?;
-        if self.tls.mode != TlsMode::Disable {
-            return Err(ConfigError::invalid(
-                "tls.mode",
-                "client TLS is not available in this version; use \"disable\"",
-            ));
-        }
+        self.validate_tls()?;
+        self.validate_auth_query()?;
         self.validate_admin()
     }
 
@@ -481,6 +555,45 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let has_cert = self.tls.cert.is_some() && self.tls.key.is_some();
+        if self.tls.mode != TlsMode::Disable && !has_cert {
+            return Err(ConfigError::invalid(
+                "tls.mode",
+                "\"allow\" and \"require\" need tls.cert and tls.key",
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::invalid(
+                "tls.key",
+                "tls.cert and tls.key go together",
+            ));
+        }
+        if self.server_tls.mode.verifies() && self.server_tls.ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "server_tls.ca_file",
+                "required for server_tls.mode verify-ca and verify-full",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth_query(&self) -> Result<(), ConfigError> {
+        if self.auth.user.is_some() && self.auth.password.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.password",
+                "required when auth.user is set",
+            ));
+        }
+        if self.auth.user.is_some() && !self.auth.query.contains("$1") {
+            return Err(ConfigError::invalid(
+                "auth.query",
+                "must take the user name as $1",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_users(&self) -> Result<(), ConfigError> {
         for (index, user) in self.users.iter().enumerate() {
             let key = format!("users[{index}]");
@@ -494,6 +607,15 @@ impl Config {
                 return Err(ConfigError::invalid(
                     format!("{key}.name"),
                     format!("user {:?} is listed twice", user.name),
+                ));
+            }
+            if let Some(password) = &user.password
+                && password.starts_with(crate::session::VERIFIER_PREFIX)
+                && crate::session::ScramVerifier::parse(password).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.password"),
+                    "starts like a SCRAM verifier but is not one (SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey)",
                 ));
             }
             if user.auth == AuthMethod::ScramSha256 && user.password.is_none() {
@@ -689,5 +811,51 @@ mod tests {
     fn shipped_example_config_is_valid() {
         let text = include_str!("../../config/switchyard.toml");
         load(text).unwrap();
+    }
+
+    #[test]
+    fn tls_modes_need_a_certificate_and_verify_modes_a_ca() {
+        let err = load(&format!("{MINIMAL}\n[tls]\nmode = \"require\"\n")).unwrap_err();
+        assert!(err.to_string().starts_with("tls.mode"), "{err}");
+        let err = load(&format!(
+            "{MINIMAL}\n[server_tls]\nmode = \"verify-full\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("server_tls.ca_file"), "{err}");
+        let config = load(&format!(
+            "{MINIMAL}\n[tls]\nmode = \"allow\"\ncert = \"c\"\nkey = \"k\"\n[server_tls]\nmode = \"verify-ca\"\nca_file = \"ca\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tls.mode, TlsMode::Allow);
+        assert_eq!(config.server_tls.mode, ServerTlsMode::VerifyCa);
+    }
+
+    #[test]
+    fn server_tls_section_is_reachable_by_environment() {
+        let vars = vec![
+            ("SWITCHYARD_SERVER_TLS_MODE".to_owned(), "prefer".to_owned()),
+            ("SWITCHYARD_AUTH_CACHE_TTL".to_owned(), "5s".to_owned()),
+            (
+                "SWITCHYARD_SERVER_MAX_CLIENT_CONNECTIONS".to_owned(),
+                "7".to_owned(),
+            ),
+        ];
+        let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
+        assert_eq!(config.server_tls.mode, ServerTlsMode::Prefer);
+        assert_eq!(config.auth.cache_ttl, Duration::from_secs(5));
+        assert_eq!(config.server.max_client_connections, 7);
+    }
+
+    #[test]
+    fn malformed_verifier_password_is_refused_naming_the_user() {
+        let text = MINIMAL.replace("password = \"secret\"", "password = \"SCRAM-SHA-256$x\"");
+        let err = load(&text).unwrap_err();
+        assert!(err.to_string().starts_with("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn auth_user_needs_a_password() {
+        let err = load(&format!("{MINIMAL}\n[auth]\nuser = \"pgbouncer\"\n")).unwrap_err();
+        assert!(err.to_string().starts_with("auth.password"), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! session task until shutdown.
 
 pub mod cancel;
+pub mod limits;
 
 use std::sync::Arc;
 use std::time::Duration;

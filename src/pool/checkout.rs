@@ -122,9 +122,17 @@ impl Pool {
             ("user".to_owned(), self.key.user.clone()),
             ("database".to_owned(), self.key.database.clone()),
         ];
-        let password = self.password.as_deref();
+        let secret = self.secret.load_full();
         let timeout = self.settings.load().connect_timeout;
-        match backend::connect(&self.key.node, &params, password, timeout).await {
+        let opened = backend::connect(
+            &self.key.node,
+            &params,
+            secret.as_deref(),
+            &self.tls,
+            timeout,
+        )
+        .await;
+        match opened {
             Ok(conn) => {
                 bump(&self.counters.connects);
                 self.server_parameters

@@ -46,8 +46,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
+
+use crate::backend::Secret;
+use crate::tls::Connector;
 
 pub use connection::PooledConnection;
 pub use error::PoolError;
@@ -64,7 +68,11 @@ use crate::metrics::PoolMetrics;
 /// The server connections of one (node, database, user).
 pub struct Pool {
     key: PoolKey,
-    password: Option<String>,
+    /// What new connections log in with; replaced when a client logs in
+    /// with different keys (auth passthrough after a password change).
+    secret: ArcSwapOption<Secret>,
+    /// TLS to the node.
+    tls: Connector,
     /// Swapped whole by [`Pool::reconfigure`] on a config reload.
     settings: ArcSwap<PoolSettings>,
     /// `max_size` permits; a checkout holds one while it holds a connection.
@@ -87,28 +95,31 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for `key` that logs in with `password` (if the server asks).
+    /// A pool for `key` that logs in with `secret` (if the server asks),
+    /// over plain TCP.
     ///
     /// Opens nothing itself; its reaper task (spawned here on the current
     /// Tokio runtime, ending when the pool is dropped) opens `min_size`
     /// connections in the background. Outside a runtime there is no
     /// reaper: connections are then only closed on checkin or when found
     /// expired at checkout.
-    pub fn new(key: PoolKey, password: Option<String>, settings: PoolSettings) -> Arc<Self> {
-        Self::with_metrics(key, password, settings, PoolMetrics::detached())
+    pub fn new(key: PoolKey, secret: Option<Secret>, settings: PoolSettings) -> Arc<Self> {
+        Self::with_parts(key, secret, settings, Connector::default(), PoolMetrics::detached())
     }
 
-    /// [`Pool::new`], reporting to `metrics`.
-    pub fn with_metrics(
+    /// As [`Pool::new`], connecting to the node with `tls` and reporting to `metrics`.
+    pub fn with_parts(
         key: PoolKey,
-        password: Option<String>,
+        secret: Option<Secret>,
         settings: PoolSettings,
+        tls: Connector,
         metrics: PoolMetrics,
     ) -> Arc<Self> {
         let settings = settings.normalized();
         let pool = Arc::new(Self {
             key,
-            password,
+            secret: ArcSwapOption::from(secret.map(Arc::new)),
+            tls,
             permits: Arc::new(Semaphore::new(settings.max_size)),
             settings: ArcSwap::from_pointee(settings),
             idle: IdleList::default(),
@@ -122,6 +133,13 @@ impl Pool {
         });
         reaper::spawn(&pool);
         pool
+    }
+
+    /// Replaces the secret new connections log in with, when it differs.
+    pub fn update_secret(&self, secret: Option<Secret>) {
+        if self.secret.load().as_deref() != secret.as_ref() {
+            self.secret.store(secret.map(Arc::new));
+        }
     }
 
     /// Which pool this is.

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Pool, PoolKey, PoolSettings};
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::backend::Secret;
+use crate::tls::Connector;
 
 /// The registry of pools: one [`Pool`] per [`PoolKey`], created on first
 /// use.
@@ -16,40 +18,45 @@ use crate::metrics::{Metrics, PoolMetrics};
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     metrics: Option<Arc<Metrics>>,
+    tls: Connector,
 }
 
 impl Pools {
-    /// An empty registry.
+    /// An empty registry whose pools connect over plain TCP.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// An empty registry whose pools report to `metrics`.
-    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+    /// An empty registry whose pools connect to the nodes with `tls` and
+    /// report to `metrics`.
+    pub fn with_parts(tls: Connector, metrics: Arc<Metrics>) -> Self {
         Self {
             pools: Mutex::default(),
             metrics: Some(metrics),
+            tls,
         }
     }
 
-    /// The pool for `key`, created with `password` and `settings` if it
-    /// does not exist yet. An existing pool keeps the password and
-    /// settings it was created with.
+    /// The pool for `key`, created with `secret` and `settings` if it
+    /// does not exist yet. An existing pool keeps the settings it was
+    /// created with and takes `secret` for its next connections (a client
+    /// that just logged in proved it current).
     pub fn get_or_create(
         &self,
         key: PoolKey,
-        password: Option<String>,
+        secret: Option<Secret>,
         settings: PoolSettings,
     ) -> Arc<Pool> {
         let mut pools = self.lock();
         if let Some(pool) = pools.get(&key) {
+            pool.update_secret(secret);
             return Arc::clone(pool);
         }
         let metrics = match &self.metrics {
             Some(metrics) => metrics.pool(&key.node, &key.database, &key.user),
             None => PoolMetrics::detached(),
         };
-        let pool = Pool::with_metrics(key.clone(), password, settings, metrics);
+        let pool = Pool::with_parts(key.clone(), secret, settings, self.tls.clone(), metrics);
         pools.insert(key, Arc::clone(&pool));
         pool
     }

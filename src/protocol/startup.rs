@@ -145,6 +145,14 @@ fn utf8(bytes: &[u8]) -> Result<String, ProtocolError> {
         .map_err(|_| ProtocolError::InvalidStartupPacket("parameter is not valid UTF-8"))
 }
 
+/// Encodes an SSLRequest, asking a server for TLS.
+pub fn ssl_request() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&8u32.to_be_bytes());
+    out[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    out
+}
+
 /// Encodes a protocol 3.0 CancelRequest for a server.
 pub fn cancel_request(pid: i32, secret: &[u8]) -> BytesMut {
     let mut buf = BytesMut::with_capacity(12 + secret.len());

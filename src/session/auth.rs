@@ -1,5 +1,7 @@
-//! Client authentication against `[[users]]`, before any server connection
-//! is opened: a client that fails here never costs the database anything.
+//! Client authentication against `[[users]]` (or, for users not listed
+//! there, a verifier fetched by auth passthrough), before any server
+//! connection is opened: a client that fails here never costs the
+//! database anything.
 
 use std::collections::HashMap;
 
@@ -8,7 +10,9 @@ use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::SessionError;
-use super::scram::{self, AwaitingClientFinal, ScramError, ScramVerifier};
+use super::passthrough::Passthrough;
+use super::scram::{self, AwaitingClientFinal, Binding, ScramError, ScramVerifier};
+use crate::backend::{ScramKeys, Secret};
 use crate::config::{AuthMethod, Config};
 use crate::protocol::frame::BodyReader;
 use crate::protocol::io::read_message;
@@ -20,10 +24,12 @@ const AUTH_MESSAGE_LIMIT: usize = 16 * 1024;
 /// One user's login material, derived once from the config.
 #[derive(Debug)]
 pub struct UserCredential {
-    /// Password for logging in to the nodes.
-    pub password: Option<String>,
+    /// Plaintext password for logging in to the nodes, when configured as one.
+    password: Option<String>,
     auth: AuthMethod,
     verifier: Option<ScramVerifier>,
+    /// Most clients of this user at once.
+    max_connections: Option<usize>,
 }
 
 /// Every configured user's credentials, plus what unknown users are checked against.
@@ -33,24 +39,39 @@ pub struct Credentials {
     mock_secret: [u8; 32],
 }
 
+/// What a successful authentication establishes.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// What the proxy logs in to the nodes with for this client.
+    pub secret: Option<Secret>,
+    /// The user's `max_connections`, if any.
+    pub max_connections: Option<usize>,
+}
+
 impl Credentials {
     /// Derives SCRAM verifiers for every `[[users]]` entry (once, at load:
-    /// PBKDF2 is deliberately slow).
+    /// PBKDF2 is deliberately slow). A password written as a verifier
+    /// (`SCRAM-SHA-256$...`, as in pg_authid) is used as one.
     pub fn from_config(config: &Config) -> Self {
         let users = config
             .users
             .iter()
             .map(|user| {
-                let verifier = match user.auth {
-                    AuthMethod::ScramSha256 => {
-                        user.password.as_deref().map(ScramVerifier::from_password)
-                    }
-                    AuthMethod::Trust => None,
+                let stored = user.password.as_deref();
+                let verifier_text = stored.filter(|p| p.starts_with(scram::VERIFIER_PREFIX));
+                let verifier = match (user.auth, verifier_text) {
+                    (AuthMethod::Trust, _) => None,
+                    // Invariant: validate() refused verifiers that do not parse.
+                    (_, Some(text)) => ScramVerifier::parse(text).ok(),
+                    (_, None) => stored.map(ScramVerifier::from_password),
                 };
                 let credential = UserCredential {
-                    password: user.password.clone(),
+                    password: stored
+                        .filter(|_| verifier_text.is_none())
+                        .map(str::to_owned),
                     auth: user.auth,
                     verifier,
+                    max_connections: user.max_connections,
                 };
                 (user.name.clone(), credential)
             })
@@ -67,54 +88,103 @@ impl Credentials {
 }
 
 /// Authenticates the client as `user`; on success AuthenticationOk has been
-/// sent and the user's credential is returned.
+/// sent and what the node login needs is returned.
 ///
-/// Unknown users go through a full SCRAM exchange against a mock verifier
-/// and fail exactly like a wrong password, so the proxy does not reveal
-/// which user names exist.
-pub async fn authenticate<'c, S: AsyncRead + AsyncWrite + Unpin>(
+/// Unknown users (not configured, and not found by `passthrough`) go
+/// through a full SCRAM exchange against a mock verifier and fail exactly
+/// like a wrong password, so the proxy does not reveal which user names exist.
+pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     user: &str,
-    credentials: &'c Credentials,
-) -> Result<&'c UserCredential, SessionError> {
+    credentials: &Credentials,
+    passthrough: Option<&Passthrough>,
+    binding: Binding,
+) -> Result<Authenticated, SessionError> {
     let credential = credentials.get(user);
-    let verifier = match credential {
-        Some(c) if c.auth == AuthMethod::Trust => None,
-        Some(c) => c.verifier.clone(),
-        None => Some(ScramVerifier::mock(user, &credentials.mock_secret)),
+    let (verifier, known) =
+        match (credential, passthrough) {
+            (Some(c), _) if c.auth == AuthMethod::Trust => (None, true),
+            (Some(c), _) => (c.verifier.clone(), true),
+            (None, Some(passthrough)) => {
+                let found = passthrough.verifier(user).await.map_err(|reason| {
+                    SessionError::AuthLookup {
+                        user: user.to_owned(),
+                        reason,
+                    }
+                })?;
+                let known = found.is_some();
+                (found, known)
+            }
+            (None, None) => (None, false),
+        };
+    let verifier = match (verifier, known) {
+        (None, false) => Some(ScramVerifier::mock(user, &credentials.mock_secret)),
+        (verifier, _) => verifier,
     };
-    if let Some(verifier) = verifier {
-        scram_exchange(stream, buf, user, verifier).await?;
+    let proof = match &verifier {
+        Some(verifier) => Some(scram_exchange(stream, buf, user, verifier.clone(), binding).await?),
+        None => None,
+    };
+    if !known {
+        return Err(SessionError::WrongPassword(user.to_owned()));
     }
-    let credential = credential.ok_or_else(|| SessionError::WrongPassword(user.to_owned()))?;
+    let password = credential.and_then(|c| c.password.clone());
+    let secret = match (password, verifier, proof) {
+        (Some(password), _, _) => Some(Secret::Password(password)),
+        // Only a verifier: the node login replays this client's ClientKey.
+        (None, Some(verifier), Some(client_key)) => {
+            let (salt, iterations) = verifier.salt_and_iterations();
+            Some(Secret::ScramKeys(ScramKeys {
+                client_key,
+                server_key: verifier.server_key(),
+                salt: salt.to_vec(),
+                iterations,
+            }))
+        }
+        _ => None,
+    };
     let mut out = BytesMut::with_capacity(16);
     messages::authentication_ok(&mut out);
     stream.write_all(&out).await?;
-    Ok(credential)
+    Ok(Authenticated {
+        secret,
+        max_connections: credential.and_then(|c| c.max_connections),
+    })
 }
 
+/// Runs SCRAM with the client; returns the ClientKey its proof revealed.
 async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     user: &str,
     verifier: ScramVerifier,
-) -> Result<(), SessionError> {
+    binding: Binding,
+) -> Result<[u8; 32], SessionError> {
     let mut out = BytesMut::with_capacity(256);
-    messages::authentication_sasl(&mut out, &[scram::MECHANISM]);
+    match binding {
+        Binding::None => messages::authentication_sasl(&mut out, &[scram::MECHANISM]),
+        Binding::TlsServerEndPoint(_) => {
+            messages::authentication_sasl(&mut out, &[scram::MECHANISM_PLUS, scram::MECHANISM])
+        }
+    }
     stream.write_all(&out).await?;
 
     let initial = read_password_message(stream, buf).await?;
     let mut body = BodyReader::new(&initial, "SASLInitialResponse");
     let mechanism = body.cstr()?;
-    if mechanism != scram::MECHANISM.as_bytes() {
-        return Err(SessionError::Auth(ScramError::Malformed(
-            "unsupported SASL mechanism",
-        )));
-    }
+    let mechanism = match mechanism {
+        m if m == scram::MECHANISM.as_bytes() => scram::MECHANISM,
+        m if m == scram::MECHANISM_PLUS.as_bytes() => scram::MECHANISM_PLUS,
+        _ => {
+            return Err(SessionError::Auth(ScramError::Malformed(
+                "unsupported SASL mechanism",
+            )));
+        }
+    };
     let len = body.i32()?;
     let client_first = body.bytes(usize::try_from(len).unwrap_or(0))?;
-    let exchange = AwaitingClientFinal::start(verifier, client_first)?;
+    let exchange = AwaitingClientFinal::start(verifier, mechanism, client_first, binding)?;
 
     out.clear();
     messages::authentication_sasl_continue(&mut out, exchange.server_first().as_bytes());
@@ -130,7 +200,7 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     out.clear();
     messages::authentication_sasl_final(&mut out, success.server_final.as_bytes());
     stream.write_all(&out).await?;
-    Ok(())
+    Ok(success.client_key)
 }
 
 async fn read_password_message<S: AsyncRead + Unpin>(

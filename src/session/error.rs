@@ -9,6 +9,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::ClientError;
 use crate::router::target::NoPrimary;
+use crate::tls::TlsError;
 
 /// A session that could not start or had to stop.
 #[derive(Debug, Error)]
@@ -42,6 +43,28 @@ pub enum SessionError {
     /// No writable primary appeared within `routing.failover_timeout`.
     #[error("{0}")]
     NoPrimary(#[from] NoPrimary),
+    /// The TLS handshake failed (nothing can be told to the client).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// `tls.mode = "require"` and the client did not ask for TLS.
+    #[error(
+        "TLS is required: this server only accepts encrypted connections (connect with sslmode=require)"
+    )]
+    TlsRequired,
+    /// `server.max_client_connections` clients are connected already.
+    #[error("sorry, too many clients already (server.max_client_connections = {0})")]
+    TooManyClients(usize),
+    /// The user's `max_connections` clients are connected already.
+    #[error("too many connections for role \"{0}\"")]
+    TooManyForUser(String),
+    /// Auth passthrough could not fetch the user's verifier.
+    #[error("could not look up user \"{user}\" for authentication: {reason}")]
+    AuthLookup {
+        /// The client's user.
+        user: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl From<std::io::Error> for SessionError {
@@ -76,7 +99,12 @@ impl SessionError {
                 format!("unsupported frontend protocol {major}.{minor}: switchyard supports 3.0"),
             ),
             Self::Protocol(e) => fatal("08P01", e.to_string()),
-            Self::Auth(ScramError::ChannelBindingUnsupported) => fatal("28000", self.to_string()),
+            Self::Auth(ScramError::ChannelBindingUnsupported)
+            | Self::Auth(ScramError::ChannelBindingMismatch(_))
+            | Self::TlsRequired => fatal("28000", self.to_string()),
+            Self::TooManyClients(_) | Self::TooManyForUser(_) => fatal("53300", self.to_string()),
+            Self::AuthLookup { .. } => fatal("08006", self.to_string()),
+            Self::Tls(_) => None,
             Self::Auth(e) => fatal("08P01", e.to_string()),
             Self::WrongPassword(_) => fatal("28P01", self.to_string()),
             Self::UnexpectedMessage { expected, tag } => fatal(

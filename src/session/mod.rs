@@ -3,6 +3,8 @@
 
 mod auth;
 mod error;
+mod negotiate;
+mod passthrough;
 mod relay;
 mod scram;
 mod startup;
@@ -15,95 +17,93 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-pub use auth::Credentials;
+pub use auth::{Authenticated, Credentials};
 pub use error::SessionError;
-pub use scram::{ScramError, ScramVerifier};
+pub use passthrough::Passthrough;
+pub use scram::{
+    AwaitingClientFinal, Binding, MECHANISM, MECHANISM_PLUS, ScramError, ScramSuccess,
+    ScramVerifier, VERIFIER_PREFIX,
+};
+pub use startup::{Opening, read_opening};
 
-use crate::backend::{self, ServerConnection};
+use crate::backend::{self, Secret, ServerConnection};
 use crate::listener::cancel::{CancelTarget, send_cancel};
+use crate::listener::limits::{ClientSlot, UserSlot};
 use crate::protocol::StartupPacket;
 use crate::protocol::messages::{self, ClientError};
-use crate::proxy::{Shared, Shutdown};
+use crate::proxy::{Settings, Shared, Shutdown};
 use crate::router::target::wait_for_primary;
+use crate::tls::ClientStream;
+use negotiate::{Opened, Refused};
 use relay::{Activity, RelayEnd};
-use startup::Opening;
+
+/// A client past encryption negotiation, authentication and the
+/// connection limits.
+struct Admitted {
+    client: ClientStream,
+    params: Vec<(String, String)>,
+    user: String,
+    /// Bytes the client sent after authenticating (a pipelined first query).
+    buf: BytesMut,
+    secret: Option<Secret>,
+    /// Held for the session's life: they count it against the limits.
+    _slots: (ClientSlot, Option<UserSlot>),
+}
 
 /// Serves one accepted client connection to its end.
-pub async fn serve(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-) {
-    let _ = client.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
     let settings = shared.settings.load_full();
-    let deadline = tokio::time::Instant::now() + settings.config.server.startup_timeout;
-    let mut buf = BytesMut::with_capacity(1024);
-
-    let opening =
-        tokio::time::timeout_at(deadline, startup::read_opening(&mut client, &mut buf)).await;
-    let params = match opening {
-        Ok(Ok(Opening::Session { params })) => params,
-        Ok(Ok(Opening::Cancel { pid, secret })) => {
-            // As PostgreSQL: no reply either way, so a key guess learns nothing.
-            if let Some(target) = shared.cancels.lookup(pid, &secret) {
-                send_cancel(&target).await;
-            }
-            return;
-        }
-        Ok(Err(error)) => return reject(&mut client, peer, &error).await,
-        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
+    let Some(admitted) = admit(tcp, peer, &shared, &settings).await else {
+        return;
     };
-    let user = StartupPacket::param(&params, "user").unwrap_or_default();
-    let credentials = &settings.credentials;
-    let login = tokio::time::timeout_at(
-        deadline,
-        auth::authenticate(&mut client, &mut buf, &user, credentials),
-    )
-    .await;
-    let credential = match login {
-        Ok(Ok(credential)) => credential,
-        Ok(Err(error)) => {
-            crate::admin::hooks::login_failed(&shared, &error);
-            return reject(&mut client, peer, &error).await;
-        }
-        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
-    };
+    let Admitted {
+        mut client,
+        params,
+        user,
+        buf,
+        secret,
+        _slots,
+    } = admitted;
     let database = StartupPacket::param(&params, "database").unwrap_or_else(|| user.clone());
     if crate::admin::console::is_console_database(&database) {
         return crate::admin::hooks::console(client, peer, buf, shared, &params, shutdown).await;
     }
-
     let server_config = &settings.config.server;
     let session_mode = server_config.pool_mode == crate::config::PoolMode::Session;
     let current_primary = shared.topology.load().primary().map(|m| m.addr.clone());
     let session_node = current_primary.as_deref().filter(|_| session_mode);
     let _listed = crate::admin::hooks::logged_in(&shared, &params, peer, session_node);
     if !session_mode {
-        let password = credential.password.clone();
         let shared = Arc::clone(&shared);
         let settings = Arc::clone(&settings);
-        transaction::serve(client, shared, settings, params, password, buf, shutdown).await;
+        transaction::serve(client, shared, settings, params, secret, buf, shutdown).await;
         return;
     }
     // A session-mode client keeps one connection: it must be the primary.
     let failover_timeout = settings.config.routing.failover_timeout;
     let primary = match wait_for_primary(&shared.topology, failover_timeout).await {
         Ok(primary) => primary,
-        Err(error) => return reject(&mut client, peer, &SessionError::NoPrimary(error)).await,
+        Err(error) => {
+            reject::<()>(&mut client, peer, &SessionError::NoPrimary(error)).await;
+            return;
+        }
     };
     // PAUSE holds new session-pooled sessions before they get a server.
     shared.pause.wait_resumed().await;
     let server = backend::connect(
         &primary,
         &params,
-        credential.password.as_deref(),
+        secret.as_ref(),
+        &settings.server_tls,
         server_config.connect_timeout,
     )
     .await;
     let mut server = match server {
         Ok(server) => server,
-        Err(error) => return reject(&mut client, peer, &SessionError::Backend(error)).await,
+        Err(error) => {
+            reject::<()>(&mut client, peer, &SessionError::Backend(error)).await;
+            return;
+        }
     };
     let target = CancelTarget {
         addr: server.addr.clone(),
@@ -136,8 +136,100 @@ pub async fn serve(
     drop(registration);
 }
 
+/// Negotiates encryption, reads the StartupMessage (or serves a
+/// CancelRequest), applies the connection limits and authenticates, all
+/// within `server.startup_timeout`; a refused client has been told why.
+async fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    settings: &Settings,
+) -> Option<Admitted> {
+    let _ = tcp.set_nodelay(true);
+    let server_config = &settings.config.server;
+    // Counted from accept, so stalled connections count too; one over the
+    // limit is still read up to its StartupMessage, so that the refusal
+    // reaches it in a form it can read (inside TLS if it asked for TLS).
+    let client_slot = shared
+        .limits
+        .try_client(server_config.max_client_connections);
+    let deadline = tokio::time::Instant::now() + server_config.startup_timeout;
+    let mut buf = BytesMut::with_capacity(1024);
+    let acceptor = settings.client_tls.as_ref();
+    let opened = negotiate::open(tcp, &mut buf, acceptor, settings.config.tls.mode, deadline).await;
+    let Opened {
+        mut client,
+        opening,
+        binding,
+    } = match opened {
+        Ok(opened) => opened,
+        Err(Refused::Tell(mut client, error)) => return reject(&mut client, peer, &error).await,
+        Err(Refused::Silent(error)) => {
+            tracing::debug!(%peer, %error, "connection closed during negotiation");
+            return None;
+        }
+    };
+    let params = match opening {
+        Opening::Session { params } => params,
+        Opening::Cancel { pid, secret } => {
+            // As PostgreSQL: no reply either way, so a key guess learns nothing.
+            if let Some(target) = shared.cancels.lookup(pid, &secret) {
+                send_cancel(&target).await;
+            }
+            return None;
+        }
+        Opening::TlsRequest => {
+            let error = SessionError::UnexpectedMessage {
+                expected: "a StartupMessage",
+                tag: b'?',
+            };
+            return reject(&mut client, peer, &error).await;
+        }
+    };
+    let Some(client_slot) = client_slot else {
+        let error = SessionError::TooManyClients(server_config.max_client_connections);
+        return reject(&mut client, peer, &error).await;
+    };
+    let user = StartupPacket::param(&params, "user").unwrap_or_default();
+    let login = tokio::time::timeout_at(
+        deadline,
+        auth::authenticate(
+            &mut client,
+            &mut buf,
+            &user,
+            &settings.credentials,
+            settings.passthrough.as_ref(),
+            binding,
+        ),
+    )
+    .await;
+    let authenticated = match login {
+        Ok(Ok(authenticated)) => authenticated,
+        Ok(Err(error)) => {
+            crate::admin::hooks::login_failed(shared, &error);
+            return reject(&mut client, peer, &error).await;
+        }
+        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
+    };
+    let user_slot = match authenticated.max_connections {
+        Some(max) => match shared.limits.try_user(&user, max) {
+            Some(slot) => Some(slot),
+            None => return reject(&mut client, peer, &SessionError::TooManyForUser(user)).await,
+        },
+        None => None,
+    };
+    Some(Admitted {
+        client,
+        params,
+        user,
+        buf,
+        secret: authenticated.secret,
+        _slots: (client_slot, user_slot),
+    })
+}
+
 async fn finish(
-    mut client: TcpStream,
+    mut client: ClientStream,
     mut server: ServerConnection,
     early_client_bytes: BytesMut,
     target: &CancelTarget,
@@ -210,10 +302,15 @@ async fn finish(
     let _ = client.shutdown().await;
 }
 
-async fn reject(client: &mut TcpStream, peer: SocketAddr, error: &SessionError) {
+/// Tells the client why it is refused and closes; `None`, for `admit`.
+async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionError) -> Option<T> {
     if matches!(
         error,
-        SessionError::WrongPassword(_) | SessionError::Backend(_)
+        SessionError::WrongPassword(_)
+            | SessionError::Backend(_)
+            | SessionError::TooManyClients(_)
+            | SessionError::TooManyForUser(_)
+            | SessionError::AuthLookup { .. }
     ) {
         tracing::info!(%peer, %error, "client rejected");
     } else {
@@ -223,4 +320,5 @@ async fn reject(client: &mut TcpStream, peer: SocketAddr, error: &SessionError) 
         let _ = client.write_all(&message).await;
     }
     let _ = client.shutdown().await;
+    None
 }

@@ -11,10 +11,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{FrameScanner, ProtocolError};
+use crate::tls::{ClientStream, ServerStream};
 
 /// Bytes read per syscall in each direction.
 const BUFFER_LEN: usize = 16 * 1024;
@@ -109,8 +109,8 @@ impl Activity {
 /// Relays between `client` and `server` until one side ends or shutdown
 /// asks the session to stop.
 pub async fn relay(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut ClientStream,
+    server: &mut ServerStream,
     limit: usize,
     activity: &Activity,
     draining: &CancellationToken,

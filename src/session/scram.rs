@@ -17,6 +17,12 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The SASL mechanism name.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// The SASL mechanism name with channel binding, offered on TLS connections.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// How a stored verifier starts (pg_authid's format).
+pub const VERIFIER_PREFIX: &str = "SCRAM-SHA-256$";
+/// The one channel binding type supported (RFC 5929).
+const BINDING_TYPE: &str = "tls-server-end-point";
 const NONCE_BYTES: usize = 18;
 
 /// Why a SCRAM exchange failed.
@@ -34,6 +40,12 @@ pub enum ScramError {
     /// A stored verifier string is not in pg_authid's format.
     #[error("invalid SCRAM verifier")]
     InvalidVerifier,
+    /// The client's channel binding choice contradicts what was offered
+    /// (a client that supports binding must use it when it is offered: a
+    /// downgrade otherwise), or its binding data does not match this TLS
+    /// session (a man in the middle).
+    #[error("SCRAM channel binding check failed: {0}")]
+    ChannelBindingMismatch(&'static str),
 }
 
 /// What PostgreSQL stores for a SCRAM user (`SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`).
@@ -64,7 +76,7 @@ impl ScramVerifier {
     /// Parses pg_authid's text form.
     pub fn parse(text: &str) -> Result<Self, ScramError> {
         let rest = text
-            .strip_prefix("SCRAM-SHA-256$")
+            .strip_prefix(VERIFIER_PREFIX)
             .ok_or(ScramError::InvalidVerifier)?;
         let (params, keys) = rest.split_once('$').ok_or(ScramError::InvalidVerifier)?;
         let (iterations, salt) = params.split_once(':').ok_or(ScramError::InvalidVerifier)?;
@@ -72,11 +84,23 @@ impl ScramVerifier {
         Ok(Self {
             iterations: iterations
                 .parse()
-                .map_err(|_| ScramError::InvalidVerifier)?,
+                .ok()
+                .filter(|&i| i > 0)
+                .ok_or(ScramError::InvalidVerifier)?,
             salt: decode(salt).ok_or(ScramError::InvalidVerifier)?,
             stored_key: key32(stored)?,
             server_key: key32(server)?,
         })
+    }
+
+    /// ServerKey, which proves the proxy to a node that holds the same verifier.
+    pub fn server_key(&self) -> [u8; 32] {
+        self.server_key
+    }
+
+    /// The salt and iteration count a node holding this verifier will send.
+    pub fn salt_and_iterations(&self) -> (&[u8], u32) {
+        (&self.salt, self.iterations)
     }
 
     /// A verifier no password matches, with a salt derived from the user
@@ -130,26 +154,48 @@ pub struct AwaitingClientFinal {
 }
 
 /// A successful exchange.
-#[derive(Debug)]
 pub struct ScramSuccess {
     /// The server-final-message to send in AuthenticationSASLFinal.
     pub server_final: String,
+    /// The client's ClientKey, recovered from its proof: with the
+    /// verifier's ServerKey it logs in to a node holding the same verifier.
+    pub client_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramSuccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not derived: the ClientKey is a password equivalent.
+        f.debug_struct("ScramSuccess")
+            .field("server_final", &self.server_final)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the client's TLS session offers for channel binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Plain connection: only SCRAM-SHA-256 was offered.
+    None,
+    /// TLS: SCRAM-SHA-256-PLUS was offered with this `tls-server-end-point` hash.
+    TlsServerEndPoint(std::sync::Arc<[u8]>),
 }
 
 impl AwaitingClientFinal {
-    /// Reads the client-first-message and prepares the server-first-message.
-    pub fn start(verifier: ScramVerifier, client_first: &[u8]) -> Result<Self, ScramError> {
+    /// Reads the client-first-message (sent with `mechanism`) and prepares
+    /// the server-first-message; `binding` is what this connection offered.
+    pub fn start(
+        verifier: ScramVerifier,
+        mechanism: &str,
+        client_first: &[u8],
+        binding: Binding,
+    ) -> Result<Self, ScramError> {
         let text =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let mut parts = text.splitn(3, ',');
         let flag = parts.next().ok_or(ScramError::Malformed("empty"))?;
         let authzid = parts.next().ok_or(ScramError::Malformed("no GS2 header"))?;
         let bare = parts.next().ok_or(ScramError::Malformed("no GS2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBindingUnsupported),
-            _ => return Err(ScramError::Malformed("invalid channel binding flag")),
-        }
+        let cbind_data = check_binding_flag(flag, mechanism, &binding)?;
         if !authzid.is_empty() && !authzid.starts_with("a=") {
             return Err(ScramError::Malformed("invalid authzid"));
         }
@@ -170,12 +216,14 @@ impl AwaitingClientFinal {
             verifier.iterations
         );
         let gs2_header = &text[..text.len() - bare.len()];
+        let mut binding_input = gs2_header.as_bytes().to_vec();
+        binding_input.extend_from_slice(cbind_data);
         Ok(Self {
             verifier,
             client_first_bare: bare.to_owned(),
             server_first,
             nonce,
-            channel_binding_b64: BASE64.encode(gs2_header),
+            channel_binding_b64: BASE64.encode(binding_input),
         })
     }
 
@@ -201,7 +249,9 @@ impl AwaitingClientFinal {
             .and_then(|a| a.strip_prefix("r="))
             .ok_or(ScramError::Malformed("missing nonce"))?;
         if binding != self.channel_binding_b64 {
-            return Err(ScramError::Malformed("channel binding does not match"));
+            return Err(ScramError::ChannelBindingMismatch(
+                "channel binding data does not match this TLS session",
+            ));
         }
         if nonce != self.nonce {
             return Err(ScramError::Malformed("nonce does not match"));
@@ -230,7 +280,41 @@ impl AwaitingClientFinal {
         let server_signature = hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
         Ok(ScramSuccess {
             server_final: format!("v={}", BASE64.encode(server_signature)),
+            client_key,
         })
+    }
+}
+
+/// Checks the GS2 channel binding flag against the mechanism the client
+/// chose and what the connection offered; returns the binding data the
+/// client-final-message must carry.
+fn check_binding_flag<'b>(
+    flag: &str,
+    mechanism: &str,
+    binding: &'b Binding,
+) -> Result<&'b [u8], ScramError> {
+    let plus = mechanism == MECHANISM_PLUS;
+    match (flag, binding) {
+        ("n", _) | ("y", Binding::None) if !plus => Ok(&[]),
+        // "y": the client could bind but believes the server cannot; it
+        // was offered PLUS, so someone removed it on the way.
+        ("y", Binding::TlsServerEndPoint(_)) if !plus => Err(ScramError::ChannelBindingMismatch(
+            "client supports channel binding but saw no SCRAM-SHA-256-PLUS offer",
+        )),
+        (f, Binding::TlsServerEndPoint(hash)) if plus => match f.strip_prefix("p=") {
+            Some(BINDING_TYPE) => Ok(hash),
+            Some(_) => Err(ScramError::Malformed("unsupported channel binding type")),
+            None => Err(ScramError::ChannelBindingMismatch(
+                "SCRAM-SHA-256-PLUS without channel binding",
+            )),
+        },
+        (f, Binding::None) if f.starts_with("p=") || plus => {
+            Err(ScramError::ChannelBindingUnsupported)
+        }
+        (f, _) if f.starts_with("p=") => Err(ScramError::ChannelBindingMismatch(
+            "channel binding requested with SCRAM-SHA-256 (not -PLUS)",
+        )),
+        _ => Err(ScramError::Malformed("invalid channel binding flag")),
     }
 }
 
@@ -243,7 +327,8 @@ mod tests {
         let verifier = ScramVerifier::from_password(stored_password);
         let mut client =
             ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
-        let server = AwaitingClientFinal::start(verifier, client.message())?;
+        let server =
+            AwaitingClientFinal::start(verifier, MECHANISM, client.message(), Binding::None)?;
         client.update(server.server_first().as_bytes()).unwrap();
         let success = server.finish(client.message())?;
         client.finish(success.server_final.as_bytes()).unwrap();
@@ -275,8 +360,13 @@ mod tests {
     #[test]
     fn channel_binding_request_without_tls_is_refused() {
         let verifier = ScramVerifier::from_password("pw");
-        let err =
-            AwaitingClientFinal::start(verifier, b"p=tls-server-end-point,,n=,r=abc").unwrap_err();
+        let err = AwaitingClientFinal::start(
+            verifier,
+            MECHANISM,
+            b"p=tls-server-end-point,,n=,r=abc",
+            Binding::None,
+        )
+        .unwrap_err();
         assert_eq!(err, ScramError::ChannelBindingUnsupported);
     }
 
@@ -284,10 +374,82 @@ mod tests {
     fn garbage_messages_are_malformed_not_panics() {
         for input in [&b""[..], b"n", b"n,,", b"x,,r=a", b"n,,n=,r=", b"\xff\xfe"] {
             let verifier = ScramVerifier::from_password("pw");
-            assert!(AwaitingClientFinal::start(verifier, input).is_err());
+            assert!(AwaitingClientFinal::start(verifier, MECHANISM, input, Binding::None).is_err());
         }
         let verifier = ScramVerifier::from_password("pw");
-        let server = AwaitingClientFinal::start(verifier, b"n,,n=,r=abc").unwrap();
+        let server =
+            AwaitingClientFinal::start(verifier, MECHANISM, b"n,,n=,r=abc", Binding::None).unwrap();
         assert!(server.finish(b"c=biws,r=wrong,p=AAAA").is_err());
+    }
+
+    fn plus_exchange(server_hash: [u8; 32], client_hash: [u8; 32]) -> Result<(), ScramError> {
+        let server_hash: std::sync::Arc<[u8]> = server_hash.to_vec().into();
+        let verifier = ScramVerifier::from_password("pw");
+        let mut client = ScramSha256::new(
+            b"pw",
+            ChannelBinding::tls_server_end_point(client_hash.to_vec()),
+        );
+        let binding = Binding::TlsServerEndPoint(server_hash);
+        let server =
+            AwaitingClientFinal::start(verifier, MECHANISM_PLUS, client.message(), binding)?;
+        client.update(server.server_first().as_bytes()).unwrap();
+        let success = server.finish(client.message())?;
+        client.finish(success.server_final.as_bytes()).unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn channel_binding_to_this_certificate_succeeds() {
+        plus_exchange([7; 32], [7; 32]).unwrap();
+    }
+
+    #[test]
+    fn channel_binding_to_another_certificate_is_refused() {
+        let err = plus_exchange([7; 32], [8; 32]).unwrap_err();
+        assert!(
+            matches!(err, ScramError::ChannelBindingMismatch(_)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn downgrade_to_plain_scram_after_plus_offer_is_refused() {
+        let verifier = ScramVerifier::from_password("pw");
+        let err = AwaitingClientFinal::start(
+            verifier,
+            MECHANISM,
+            b"y,,n=,r=abc",
+            Binding::TlsServerEndPoint(vec![0; 32].into()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ScramError::ChannelBindingMismatch(_)));
+    }
+
+    #[test]
+    fn recovered_client_key_matches_the_password() {
+        let verifier = ScramVerifier::from_password("s3cret");
+        let (salt, iterations) = verifier.salt_and_iterations();
+        let salted = postgres_protocol_salted(b"s3cret", salt, iterations);
+        let expected = hmac(&salted, &[b"Client Key"]);
+        let mut client = ScramSha256::new(b"s3cret", ChannelBinding::unsupported());
+        let server =
+            AwaitingClientFinal::start(verifier, MECHANISM, client.message(), Binding::None)
+                .unwrap();
+        client.update(server.server_first().as_bytes()).unwrap();
+        let success = server.finish(client.message()).unwrap();
+        assert_eq!(success.client_key, expected);
+    }
+
+    fn postgres_protocol_salted(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+        // PBKDF2-HMAC-SHA-256 with one block, as RFC 5802's Hi().
+        let mut u = hmac(password, &[salt, &1u32.to_be_bytes()]);
+        let mut out = u;
+        for _ in 1..iterations {
+            u = hmac(password, &[&u]);
+            for (o, b) in out.iter_mut().zip(u.iter()) {
+                *o ^= b;
+            }
+        }
+        out
     }
 }

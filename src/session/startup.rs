@@ -2,8 +2,7 @@
 //! and the StartupMessage.
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::SessionError;
 use crate::protocol::StartupPacket;
@@ -25,18 +24,23 @@ pub enum Opening {
         /// Proxy-issued secret.
         secret: Vec<u8>,
     },
+    /// An SSLRequest this connection can accept: the client waits for 'S'
+    /// and then starts a TLS handshake.
+    TlsRequest,
 }
 
-/// Reads packets until a StartupMessage or CancelRequest arrives, declining
-/// SSL and GSS encryption (client TLS is not offered by this version).
-pub async fn read_opening(
-    stream: &mut TcpStream,
+/// Reads packets until a StartupMessage or CancelRequest arrives, or an
+/// SSLRequest when `tls_offered`; declines GSS encryption, and SSL when
+/// TLS is not offered.
+pub async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
+    tls_offered: bool,
 ) -> Result<Opening, SessionError> {
     // A client may ask for SSL and then GSS (or the reverse) before starting.
     for _ in 0..3 {
         match read_startup(stream, buf).await? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+            packet @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
                 if !buf.is_empty() {
                     // Bytes after an encryption request would be a
                     // plaintext-injection attempt (CVE-2021-23222's shape).
@@ -44,6 +48,9 @@ pub async fn read_opening(
                         expected: "nothing before the encryption response",
                         tag: buf[0],
                     });
+                }
+                if tls_offered && matches!(packet, StartupPacket::SslRequest) {
+                    return Ok(Opening::TlsRequest);
                 }
                 stream.write_all(b"N").await?;
             }

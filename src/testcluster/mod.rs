@@ -80,11 +80,22 @@ pub struct ClusterSpec {
     /// Extra `postgresql.conf` lines, appended verbatim (after the built-in
     /// settings, so they override them).
     pub extra_conf: Vec<String>,
+    /// When set, the primary accepts TLS (`ssl = on`) with this certificate.
+    pub tls: Option<NodeTls>,
+}
+
+/// A node's TLS certificate and key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTls {
+    /// Certificate chain, leaf first.
+    pub cert_pem: String,
+    /// Private key.
+    pub key_pem: String,
 }
 
 impl Default for ClusterSpec {
     /// No replicas, superuser password `postgres-secret`, no users or
-    /// databases, `max_connections = 200`, no extra configuration.
+    /// databases, `max_connections = 200`, no extra configuration, no TLS.
     fn default() -> Self {
         ClusterSpec {
             replicas: 0,
@@ -93,6 +104,7 @@ impl Default for ClusterSpec {
             databases: Vec::new(),
             max_connections: 200,
             extra_conf: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -434,6 +446,13 @@ fn start_primary(ctx: &Arc<Ctx>, spec: &ClusterSpec) -> Result<Node, ClusterErro
         senders = (spec.replicas + 2).max(10),
         max_connections = spec.max_connections,
     );
+    if let Some(tls) = &spec.tls {
+        // Written as the server's OS user: PostgreSQL refuses a key file it
+        // does not own or that others can read.
+        ctx.write_file(&node.data_dir.join("server.crt"), &tls.cert_pem, 0o644)?;
+        ctx.write_file(&node.data_dir.join("server.key"), &tls.key_pem, 0o600)?;
+        conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+    }
     if !spec.extra_conf.is_empty() {
         conf.push_str("# extra_conf\n");
         for line in &spec.extra_conf {

@@ -44,7 +44,12 @@ pub async fn run(
             // Invariant: validate() refuses a config without monitor credentials.
             return;
         };
-        let login = Arc::new(ProbeLogin::new(user, password, database));
+        let login = Arc::new(ProbeLogin::new(
+            user,
+            password,
+            database,
+            settings.server_tls.clone(),
+        ));
         let timeout = config.cluster.probe_timeout;
         let (probed, observations) = probe_all(std::mem::take(&mut watched), login, timeout).await;
         watched = probed;

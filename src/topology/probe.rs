@@ -9,7 +9,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::backend::query::{self, InternalError};
-use crate::backend::{BackendError, ServerConnection, connect};
+use crate::backend::{BackendError, Secret, ServerConnection, connect};
+use crate::tls::Connector;
 
 /// What a node said about itself.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -60,19 +61,22 @@ pub struct ProbeLogin {
     /// Startup parameters (user, database, application_name).
     pub params: Vec<(String, String)>,
     /// Password, if the server asks for one.
-    pub password: Option<String>,
+    pub secret: Option<Secret>,
+    /// TLS to the nodes (`[server_tls]`).
+    pub tls: Connector,
 }
 
 impl ProbeLogin {
     /// Logs in as `user` to `database`, naming the connection in pg_stat_activity.
-    pub fn new(user: &str, password: Option<&str>, database: &str) -> Self {
+    pub fn new(user: &str, password: Option<&str>, database: &str, tls: Connector) -> Self {
         Self {
             params: vec![
                 ("user".into(), user.into()),
                 ("database".into(), database.into()),
                 ("application_name".into(), "switchyard-monitor".into()),
             ],
-            password: password.map(Into::into),
+            secret: password.map(|p| Secret::Password(p.into())),
+            tls,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::tls::ClientStream;
 
 pub use command::Command;
 pub use error::ConsoleError;
@@ -40,7 +40,7 @@ pub fn is_console_database(database: &str) -> bool {
 /// Serves an authenticated admin until it leaves or shutdown closes it.
 /// `early` holds bytes the client sent after its login.
 pub async fn serve(
-    mut client: TcpStream,
+    mut client: ClientStream,
     mut early: BytesMut,
     shared: Arc<Shared>,
     shutdown: Shutdown,

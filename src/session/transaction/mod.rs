@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::backend::query::{self as internal, InternalError};
 use crate::config::{Consistency, Route};
+use crate::backend::Secret;
 use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
 use crate::protocol::messages::{self, ClientError};
@@ -30,6 +30,7 @@ use crate::proxy::{Settings, Shared, Shutdown};
 use crate::router::target::{NoPrimary, Policy, Target, wait_for_primary};
 use crate::topology::probe::parse_lsn;
 use crate::topology::{LoadGuard, Role};
+use crate::tls::ClientStream;
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
 use node_pools::NodePools;
@@ -39,7 +40,7 @@ use settings::{SNAPSHOT_SQL, SessionSettings};
 
 /// A logged-in client in transaction mode.
 pub struct TransactionSession {
-    client: TcpStream,
+    client: ClientStream,
     pools: NodePools,
     catalog: Arc<PoolCatalog>,
     settings: SessionSettings,
@@ -82,11 +83,11 @@ struct Login {
 /// learn the server's parameters under the client's settings, greets the
 /// client, then serves it until it leaves.
 pub async fn serve(
-    mut client: TcpStream,
+    mut client: ClientStream,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
     params: Vec<(String, String)>,
-    password: Option<String>,
+    password: Option<Secret>,
     early_client_bytes: BytesMut,
     shutdown: Shutdown,
 ) {
@@ -120,11 +121,11 @@ pub async fn serve(
 }
 
 async fn login(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     shared: &Arc<Shared>,
     settings: &Settings,
     params: &[(String, String)],
-    password: Option<String>,
+    password: Option<Secret>,
 ) -> Result<Option<Login>, Bytes> {
     let user = crate::protocol::StartupPacket::param(params, "user").unwrap_or_default();
     let database =

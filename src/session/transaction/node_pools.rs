@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::Secret;
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::proxy::Shared;
 
@@ -11,7 +12,7 @@ use crate::proxy::Shared;
 pub struct NodePools {
     database: String,
     user: String,
-    password: Option<String>,
+    secret: Option<Secret>,
     settings: PoolSettings,
     pools: Vec<Arc<Pool>>,
 }
@@ -21,13 +22,13 @@ impl NodePools {
     pub fn new(
         database: String,
         user: String,
-        password: Option<String>,
+        secret: Option<Secret>,
         settings: PoolSettings,
     ) -> Self {
         Self {
             database,
             user,
-            password,
+            secret,
             settings,
             pools: Vec::new(),
         }
@@ -41,7 +42,7 @@ impl NodePools {
         let key = PoolKey::new(node, &self.database, &self.user);
         let pool = shared
             .pools
-            .get_or_create(key, self.password.clone(), self.settings.clone());
+            .get_or_create(key, self.secret.clone(), self.settings.clone());
         self.pools.push(Arc::clone(&pool));
         pool
     }

@@ -13,7 +13,6 @@ use std::collections::HashSet;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::catalog::PoolCatalog;
@@ -25,6 +24,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::frame::{HEADER_LEN, check_length};
 use crate::router::access::WriteFunctions;
 use crate::router::effects::{SessionEffects, UnpinKind, session_effects_bytes};
+use crate::tls::ClientStream;
 
 /// Output beyond this stops reading the input that feeds it.
 pub const HIGH_WATER: usize = 64 * 1024;
@@ -153,7 +153,7 @@ enum Event {
 /// Relays until the next idle point (or the end of the session).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     conn: &mut ServerConnection,
     state: &mut ClientState,
     catalog: &PoolCatalog,
