@@ -47,7 +47,8 @@ fn demo_prints_a_working_url_and_ctrl_c_leaves_no_postgres_behind() {
             "-d",
             &url,
             "-c",
-            "SELECT pg_is_in_recovery(), current_user",
+            // Reads go to replicas in the demo; the hint sends this one to the primary.
+            "/* switchyard: primary */ SELECT pg_is_in_recovery(), current_user",
         ])
         .output()
         .unwrap();
