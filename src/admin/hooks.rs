@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::tls::ClientStream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use crate::tls::ClientStream;
 
 use super::clients::{ClientGuard, ClientInfo};
 use crate::pool::Pool;

@@ -104,7 +104,13 @@ impl Pool {
     /// reaper: connections are then only closed on checkin or when found
     /// expired at checkout.
     pub fn new(key: PoolKey, secret: Option<Secret>, settings: PoolSettings) -> Arc<Self> {
-        Self::with_parts(key, secret, settings, Connector::default(), PoolMetrics::detached())
+        Self::with_parts(
+            key,
+            secret,
+            settings,
+            Connector::default(),
+            PoolMetrics::detached(),
+        )
     }
 
     /// As [`Pool::new`], connecting to the node with `tls` and reporting to `metrics`.

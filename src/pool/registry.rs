@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Pool, PoolKey, PoolSettings};
-use crate::metrics::{Metrics, PoolMetrics};
 use crate::backend::Secret;
+use crate::metrics::{Metrics, PoolMetrics};
 use crate::tls::Connector;
 
 /// The registry of pools: one [`Pool`] per [`PoolKey`], created on first

@@ -28,7 +28,9 @@ pub struct Passthrough {
     query: String,
     database: String,
     ttl: Duration,
-    primary: String,
+    /// Nodes to run the lookup on, in order: the configured primary first
+    /// (any node answers: roles and their verifiers replicate).
+    nodes: Vec<String>,
     tls: Connector,
     connect_timeout: Duration,
     /// Touched once per login of a passthrough user, never per message.
@@ -54,7 +56,13 @@ impl Passthrough {
             query: auth.query.clone(),
             database: auth.database.clone(),
             ttl: auth.cache_ttl,
-            primary: config.primary().to_owned(),
+            nodes: config
+                .cluster
+                .primary
+                .iter()
+                .chain(&config.cluster.nodes)
+                .cloned()
+                .collect(),
             tls: tls.clone(),
             connect_timeout: config.server.connect_timeout,
             cache: Mutex::new(HashMap::new()),
@@ -98,15 +106,28 @@ impl Passthrough {
                 "switchyard auth_query".to_owned(),
             ),
         ];
-        let mut conn = backend::connect(
-            &self.primary,
-            &params,
-            Some(&self.secret),
-            &self.tls,
-            self.connect_timeout,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let mut last_error = "no node to run the auth query on".to_owned();
+        let mut opened = None;
+        for node in &self.nodes {
+            match backend::connect(
+                node,
+                &params,
+                Some(&self.secret),
+                &self.tls,
+                self.connect_timeout,
+            )
+            .await
+            {
+                Ok(conn) => {
+                    opened = Some(conn);
+                    break;
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        let Some(mut conn) = opened else {
+            return Err(last_error);
+        };
         let result = tokio::time::timeout(self.connect_timeout, self.run_query(&mut conn, user))
             .await
             .map_err(|_| "auth query timed out".to_owned())

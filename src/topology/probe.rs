@@ -112,9 +112,16 @@ impl Prober {
     ) -> Result<Observation, ProbeError> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self
-                .conn
-                .insert(connect(addr, &login.params, login.password.as_deref(), timeout).await?),
+            None => self.conn.insert(
+                connect(
+                    addr,
+                    &login.params,
+                    login.secret.as_ref(),
+                    &login.tls,
+                    timeout,
+                )
+                .await?,
+            ),
         };
         let result = query::query(conn, PROBE_SQL).await?;
         let row = result.rows.into_iter().next().unwrap_or_default();

@@ -16,9 +16,9 @@ pub mod wire;
 
 use std::sync::Arc;
 
+use crate::tls::ClientStream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use crate::tls::ClientStream;
 
 pub use command::Command;
 pub use error::ConsoleError;
