@@ -154,8 +154,11 @@ admin_listen = "127.0.0.1:0"
 [cluster]
 nodes = ["{primary}"]
 primary = "{primary}"
+monitor_user = "postgres"
+monitor_password = "{superpw}"
 {rest}
-"#
+"#,
+        superpw = cluster.superuser_password()
     )
 }
 

@@ -290,6 +290,10 @@ fn tls_cluster(ca: &TestCa) -> LocalCluster {
 fn proxy_to(cluster: &LocalCluster, node: &str, server_tls: &str) -> ProxyProcess {
     ProxyProcess::start(&format!(
         r#"
+[routing]
+# A node the proxy cannot reach is not waited for long in these tests.
+failover_timeout = "1s"
+
 [server]
 listen = "{{listen}}"
 admin_listen = "127.0.0.1:0"

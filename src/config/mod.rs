@@ -639,9 +639,23 @@ impl Config {
                 .or_else(|| self.user(user).and_then(|u| u.password.as_deref()));
             return Some((user, password, database));
         }
-        self.users
-            .iter()
-            .find_map(|u| Some((u.name.as_str(), Some(u.password.as_deref()?), database)))
+        // A stored SCRAM verifier cannot log in by itself: skip those users.
+        let plaintext = self.users.iter().find_map(|u| {
+            let password = u.password.as_deref()?;
+            (!password.starts_with("SCRAM-SHA-256$")).then_some((
+                u.name.as_str(),
+                Some(password),
+                database,
+            ))
+        });
+        plaintext.or_else(|| {
+            let auth = &self.auth;
+            Some((
+                auth.user.as_deref()?,
+                Some(auth.password.as_deref()?),
+                database,
+            ))
+        })
     }
 
     /// The routing policy for `user` on `database`: the user's setting,

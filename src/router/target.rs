@@ -90,6 +90,21 @@ impl Policy {
         }
     }
 
+    /// True when read-your-writes kept this read off replicas that are in
+    /// rotation but behind the session's last write.
+    pub fn read_your_writes_fallback(&self, snapshot: &Snapshot, target: Target) -> bool {
+        let Target::Replica(index) = target else {
+            return false;
+        };
+        self.consistency == Consistency::ReadYourWrites
+            && !self.primary_reads
+            && snapshot.primary == Some(index)
+            && snapshot
+                .members
+                .iter()
+                .any(|m| m.role == Role::Replica && m.in_rotation)
+    }
+
     /// Where a transaction goes; `read` is the classifier's (and hints')
     /// verdict on its first request.
     pub fn choose(&mut self, snapshot: &Snapshot, read: bool) -> Target {

@@ -51,15 +51,18 @@ pub async fn run(
             settings.server_tls.clone(),
         ));
         let timeout = config.cluster.probe_timeout;
-        let (probed, observations) = probe_all(std::mem::take(&mut watched), login, timeout).await;
+        let (probed, results) = probe_all(std::mem::take(&mut watched), login, timeout).await;
         watched = probed;
+        let observations: Vec<Option<Observation>> =
+            results.iter().map(|r| r.as_ref().ok().copied()).collect();
         let claim = current_claim(config, claims.as_ref());
         let limits = LagLimits {
             max_bytes: config.routing.max_replica_lag_bytes,
             max_seconds: config.routing.max_replica_lag.as_secs_f64(),
         };
         let previous = shared.topology.snapshot();
-        let next = elect(&previous, &observations, &claim, limits);
+        let mut next = elect(&previous, &observations, &claim, limits);
+        note_probe_errors(&mut next, &results);
         if next.differs_in_shape(&previous) {
             log_change(&previous, &next);
             retire_lost_nodes(&shared, &previous, &next);
@@ -148,23 +151,24 @@ async fn probe_all(
     nodes: Vec<Watched>,
     login: Arc<ProbeLogin>,
     timeout: Duration,
-) -> (Vec<Watched>, Vec<Option<Observation>>) {
+) -> (Vec<Watched>, Vec<Result<Observation, String>>) {
     let count = nodes.len();
     let mut tasks = JoinSet::new();
     for (index, mut node) in nodes.into_iter().enumerate() {
         let login = Arc::clone(&login);
         tasks.spawn(async move {
             let seen = match node.prober.probe(&node.addr, &login, timeout).await {
-                Ok(seen) => Some(seen),
+                Ok(seen) => Ok(seen),
                 Err(error) => {
                     tracing::debug!(node = %node.addr, %error, "probe failed");
-                    None
+                    Err(error.to_string())
                 }
             };
             (index, node, seen)
         });
     }
-    let mut slots: Vec<Option<(Watched, Option<Observation>)>> = (0..count).map(|_| None).collect();
+    let mut slots: Vec<Option<(Watched, Result<Observation, String>)>> =
+        (0..count).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         // A probe task does not panic; if one did, its node is dropped
         // here and re-added (unprobed) by the next sync.
@@ -280,5 +284,25 @@ fn record_metrics(shared: &Shared, previous: &Snapshot, next: &Snapshot) {
             .duration_since(previous.published_at)
             .unwrap_or_default();
         metrics.add_seconds_without_primary(elapsed.as_secs_f64());
+    }
+}
+
+/// Keeps each failed probe's reason on its member, and names it in the
+/// reason there is no primary, so a client waiting for writes is told why
+/// (e.g. the node's TLS certificate was refused).
+fn note_probe_errors(next: &mut Snapshot, results: &[Result<Observation, String>]) {
+    for (member, result) in next.members.iter_mut().zip(results) {
+        member.probe_error = result.as_ref().err().cloned();
+    }
+    let Some(reason) = next.no_primary_reason.as_mut() else {
+        return;
+    };
+    let unreachable = next
+        .members
+        .iter()
+        .find(|m| reason.ends_with(&format!("{} is unreachable", m.addr)));
+    if let Some(error) = unreachable.and_then(|m| m.probe_error.as_deref()) {
+        reason.push_str(": ");
+        reason.push_str(error);
     }
 }

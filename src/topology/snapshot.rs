@@ -87,6 +87,8 @@ pub struct Member {
     pub lag_seconds: Option<f64>,
     /// A replica within the lag limits: eligible for reads.
     pub in_rotation: bool,
+    /// Why the last probe failed, when it did.
+    pub probe_error: Option<String>,
     /// Relative share of reads.
     pub weight: u32,
     /// Running transactions.
@@ -107,6 +109,7 @@ impl Member {
             lag_bytes: None,
             lag_seconds: None,
             in_rotation: false,
+            probe_error: None,
             weight,
             load,
         }

@@ -501,6 +501,9 @@ impl TransactionSession {
         let mut snapshot = self.shared.topology.snapshot();
         let mut target = self.policy.choose(&snapshot, read);
         if target == Target::AwaitPrimary {
+            // Counted as held (gauge and total) while it waits.
+            let shared = Arc::clone(&self.shared);
+            let _held = shared.metrics.hold_request();
             match wait_for_primary(&self.shared.topology, routing.failover_timeout).await {
                 Ok(_) => {
                     snapshot = self.shared.topology.snapshot();
@@ -508,6 +511,7 @@ impl TransactionSession {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "request failed: no primary");
+                    self.shared.metrics.error(NoPrimary::SQLSTATE);
                     let error = ClientError {
                         severity: "ERROR",
                         code: NoPrimary::SQLSTATE,
@@ -532,6 +536,9 @@ impl TransactionSession {
                 return None;
             }
         };
+        if self.policy.read_your_writes_fallback(&snapshot, target) {
+            self.shared.metrics.read_your_writes_fallback();
+        }
         let member = &snapshot.members[index];
         let on_primary = snapshot.primary == Some(index);
         let plan = Plan {
@@ -564,6 +571,7 @@ impl TransactionSession {
                 .insert(&self.state.replay[start..end]);
         }
         tracing::debug!(reusable, "retrying a replica's request on the primary");
+        self.shared.metrics.retry_on_primary();
         let mut restored =
             BytesMut::with_capacity(self.state.replay.len() + self.state.client_in.len());
         restored.extend_from_slice(&self.state.replay);
