@@ -13,38 +13,11 @@ use support::{APP_DB, APP_PASSWORD, APP_USER, Harness, ProxyProcess, connect, sp
 use switchyard::testcluster::{ClusterSpec, LocalCluster};
 
 fn probe_config(cluster: &LocalCluster) -> String {
-    let nodes: Vec<String> = cluster
-        .nodes()
-        .map(|n| format!("\"{}\"", n.addr()))
-        .collect();
-    format!(
-        r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "127.0.0.1:0"
-pool_mode = "transaction"
-shutdown_timeout = "5s"
-
-[cluster]
-nodes = [{nodes}]
-topology = "probe"
-monitor_user = "postgres"
-probe_interval = "100ms"
-probe_timeout = "500ms"
-
-[routing]
-failover_timeout = "20s"
-
-[[users]]
-name = "{APP_USER}"
-password = "{APP_PASSWORD}"
-
-[[users]]
-name = "postgres"
-password = "{superpw}"
-"#,
-        nodes = nodes.join(", "),
-        superpw = cluster.superuser_password()
+    support::replicated_config(
+        cluster,
+        "topology = \"probe\"\nprobe_timeout = \"500ms\"",
+        "failover_timeout = \"20s\"",
+        "",
     )
 }
 

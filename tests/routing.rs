@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{APP_DB, APP_PASSWORD, APP_USER, Harness, ProxyProcess, connect, spec};
+use support::{APP_DB, APP_PASSWORD, Harness, ProxyProcess, connect, spec};
 use switchyard::testcluster::{ClusterSpec, LocalCluster};
 
 /// A primary, two replicas, and the proxy routing across all three.
@@ -28,43 +28,13 @@ fn routed(extra_routing: &str, extra_conf: &[&str]) -> Harness {
 }
 
 fn routing_config(cluster: &LocalCluster, extra_routing: &str) -> String {
-    let primary = cluster.primary().addr();
-    let nodes: Vec<String> = cluster
-        .nodes()
-        .map(|n| format!("\"{}\"", n.addr()))
-        .collect();
-    format!(
-        r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "127.0.0.1:0"
-pool_mode = "transaction"
-shutdown_timeout = "5s"
-
-[cluster]
-nodes = [{nodes}]
-primary = "{primary}"
-monitor_user = "postgres"
-probe_interval = "100ms"
-
-[routing]
-{extra_routing}
-
-[[users]]
-name = "{APP_USER}"
-password = "{APP_PASSWORD}"
-
-[[users]]
-name = "postgres"
-password = "{superpw}"
-
-[[users]]
-name = "reporting"
-password = "{APP_PASSWORD}"
-route = "replica"
-"#,
-        nodes = nodes.join(", "),
-        superpw = cluster.superuser_password()
+    support::replicated_config(
+        cluster,
+        &format!("primary = \"{}\"", cluster.primary().addr()),
+        extra_routing,
+        &format!(
+            "\n[[users]]\nname = \"reporting\"\npassword = \"{APP_PASSWORD}\"\nroute = \"replica\""
+        ),
     )
 }
 

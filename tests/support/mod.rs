@@ -346,3 +346,47 @@ pub async fn assert_closed_by_shutdown(
         Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN)
     );
 }
+
+/// Transaction-mode proxy config over every node of `cluster` (primary and
+/// replicas), probed every 100 ms as `postgres`, with `cluster_keys` and
+/// `routing_keys` added to their sections and `extra_users` appended.
+pub fn replicated_config(
+    cluster: &LocalCluster,
+    cluster_keys: &str,
+    routing_keys: &str,
+    extra_users: &str,
+) -> String {
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .map(|n| format!("\"{}\"", n.addr()))
+        .collect();
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "127.0.0.1:0"
+pool_mode = "transaction"
+shutdown_timeout = "5s"
+
+[cluster]
+nodes = [{nodes}]
+monitor_user = "postgres"
+probe_interval = "100ms"
+{cluster_keys}
+
+[routing]
+{routing_keys}
+
+[[users]]
+name = "{APP_USER}"
+password = "{APP_PASSWORD}"
+
+[[users]]
+name = "postgres"
+password = "{superpw}"
+{extra_users}
+"#,
+        nodes = nodes.join(", "),
+        superpw = cluster.superuser_password()
+    )
+}
