@@ -23,7 +23,7 @@ const SECTIONS: &[&str] = &[
 /// Keys whose override may be a comma-separated list instead of TOML syntax.
 const LIST_KEYS: &[&str] = &["nodes", "urls", "users"];
 /// Variables with the prefix that are not config keys.
-const NOT_KEYS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG"];
+const NOT_KEYS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_BIN"];
 
 /// Applies every `SWITCHYARD_*` variable in `vars` to `table`; returns how many applied.
 ///
