@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::PoolKey;
 use crate::backend::BackendError;
+use crate::protocol::frame::HEADER_LEN;
 
 /// A checkout that produced no connection.
 #[derive(Debug, Error)]
@@ -45,6 +46,26 @@ impl PoolError {
         match self {
             Self::Connect(BackendError::Refused(raw)) => Some(raw),
             _ => None,
+        }
+    }
+
+    /// The node could not be reached, or refused the login only because it
+    /// is starting up, shutting down or in recovery without hot standby
+    /// (`57P03`, cannot_connect_now): a primary that fails this way may be
+    /// on its way out, so a write should wait for the topology, not fail.
+    pub fn is_node_unavailable(&self) -> bool {
+        match self {
+            Self::Connect(BackendError::Refused(raw)) => {
+                crate::protocol::messages::error_code(raw.get(HEADER_LEN..).unwrap_or_default())
+                    == Some(b"57P03")
+            }
+            Self::Connect(
+                BackendError::Connect { .. }
+                | BackendError::Timeout { .. }
+                | BackendError::Read { .. }
+                | BackendError::Tls { .. },
+            ) => true,
+            _ => false,
         }
     }
 }
@@ -110,5 +131,24 @@ mod tests {
         });
         assert_eq!(timed_out.sqlstate(), "08006");
         assert!(timed_out.server_error().is_none());
+    }
+
+    #[test]
+    fn unreachable_or_shutting_down_nodes_are_unavailable_but_bad_logins_are_not() {
+        let refused = |code: &str| {
+            let body = format!("SFATAL\0C{code}\0Mno\0\0");
+            let mut raw = vec![b'E'];
+            raw.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            raw.extend_from_slice(body.as_bytes());
+            PoolError::Connect(BackendError::Refused(Bytes::from(raw)))
+        };
+        assert!(refused("57P03").is_node_unavailable());
+        assert!(!refused("28P01").is_node_unavailable());
+        assert!(!refused("3D000").is_node_unavailable());
+        let timed_out = PoolError::Connect(BackendError::Timeout {
+            addr: "127.0.0.1:1".into(),
+        });
+        assert!(timed_out.is_node_unavailable());
+        assert!(!timeout(Duration::from_secs(1)).is_node_unavailable());
     }
 }

@@ -2,6 +2,7 @@
 //! `switchyard` binary in front of it.
 #![allow(dead_code)]
 
+pub mod drill;
 pub mod raw;
 pub mod tls;
 
@@ -356,10 +357,26 @@ pub fn replicated_config(
     routing_keys: &str,
     extra_users: &str,
 ) -> String {
-    let nodes: Vec<String> = cluster
-        .nodes()
-        .map(|n| format!("\"{}\"", n.addr()))
-        .collect();
+    let nodes: Vec<String> = cluster.nodes().map(|n| n.addr()).collect();
+    replicated_config_for(
+        &nodes,
+        cluster.superuser_password(),
+        cluster_keys,
+        routing_keys,
+        extra_users,
+    )
+}
+
+/// [`replicated_config`] over `nodes` (`host:port`) whose superuser
+/// `postgres` has `superuser_password` (e.g. a Patroni cluster's members).
+pub fn replicated_config_for(
+    nodes: &[String],
+    superuser_password: &str,
+    cluster_keys: &str,
+    routing_keys: &str,
+    extra_users: &str,
+) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
     format!(
         r#"
 [server]
@@ -387,6 +404,6 @@ password = "{superpw}"
 {extra_users}
 "#,
         nodes = nodes.join(", "),
-        superpw = cluster.superuser_password()
+        superpw = superuser_password
     )
 }

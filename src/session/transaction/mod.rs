@@ -49,9 +49,10 @@ pub struct TransactionSession {
     policy: Policy,
     /// The next request must run on the primary (a replica refused it).
     force_primary: bool,
-    /// When a checkout on the primary first failed to connect, while the
-    /// request waits for the topology to catch up.
-    primary_lost_at: Option<Instant>,
+    /// When the primary first failed the request at hand (could not be
+    /// reached, or stopped it before it ran), while the request waits for
+    /// the topology to catch up.
+    primary_failing_since: Option<Instant>,
     proxy: Arc<Settings>,
     shared: Arc<Shared>,
 }
@@ -113,7 +114,7 @@ pub async fn serve(
         registration: login.registration,
         policy: login.policy,
         force_primary: false,
-        primary_lost_at: None,
+        primary_failing_since: None,
         proxy: settings,
         shared,
     };
@@ -400,17 +401,16 @@ impl TransactionSession {
         tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
         let mut conn = match routed.pool.checkout().await {
             Ok(conn) => conn,
-            Err(error) if routed.plan.gated && error.server_error().is_none() => {
+            Err(error)
+                if routed.plan.gated
+                    && (error.server_error().is_none() || error.is_node_unavailable()) =>
+            {
                 // A replica that cannot serve is not the client's problem.
                 tracing::debug!(%error, "replica unavailable; the primary serves the read");
                 self.force_primary = true;
                 return true;
             }
-            Err(error)
-                if matches!(error, PoolError::Connect(_))
-                    && error.server_error().is_none()
-                    && self.primary_may_be_failing() =>
-            {
+            Err(error) if error.is_node_unavailable() && self.primary_may_be_failing() => {
                 // The primary is unreachable and the monitor may not have
                 // noticed yet: wait for its next verdict instead of failing
                 // a transaction that never started.
@@ -422,12 +422,11 @@ impl TransactionSession {
                 return true;
             }
             Err(error) => {
-                self.primary_lost_at = None;
+                self.primary_failing_since = None;
                 self.fail_request(pool_error_bytes(&error, false));
                 return self.flush().await;
             }
         };
-        self.primary_lost_at = None;
         if let Err(error) = self.prepare(&mut conn).await {
             if routed.plan.gated && matches!(error, InternalError::Connection(_)) {
                 conn.discard();
@@ -475,23 +474,46 @@ impl TransactionSession {
         // key must stop pointing at it before it goes back to the pool.
         self.registration.set_linked(false);
         if let StretchEnd::Retry { reusable } = end {
-            self.retry_on_primary(conn, reusable, request);
-            return true;
+            if routed.plan.gated {
+                self.state.to_client.clear();
+                self.retry_on_primary(conn, reusable, request);
+                return true;
+            }
+            if self.primary_is_going(&conn.addr).await {
+                self.state.to_client.clear();
+                self.rerun_after_failover(conn, reusable);
+                return true;
+            }
+            // The primary stays: the request was stopped for its own sake
+            // (pg_terminate_backend, a session made read-only), and its
+            // answer stands.
+            self.primary_failing_since = None;
+            if !reusable {
+                return self.server_lost(conn).await;
+            }
+            return self.finish_stretch(conn, StretchEnd::Idle).await && self.flush().await;
         }
+        self.primary_failing_since = None;
         if routed.wrote && matches!(end, StretchEnd::Idle | StretchEnd::IdleDraining) {
             self.note_causal_lsn(&mut conn).await;
         }
         self.finish_stretch(conn, end).await
     }
 
-    /// True while a failed connect to the primary is younger than
-    /// `routing.failover_timeout` (starting the clock on the first failure).
+    /// True while the primary's first failure of this request is younger
+    /// than `routing.failover_timeout` (starting the clock on the first
+    /// failure).
     fn primary_may_be_failing(&mut self) -> bool {
+        self.primary_failing_since.get_or_insert_with(Instant::now);
+        self.within_failover_window()
+    }
+
+    /// True unless the primary has been failing the request at hand for
+    /// `routing.failover_timeout` already.
+    fn within_failover_window(&self) -> bool {
         let timeout = self.proxy.config.routing.failover_timeout;
-        self.primary_lost_at
-            .get_or_insert_with(Instant::now)
-            .elapsed()
-            < timeout
+        self.primary_failing_since
+            .is_none_or(|since| since.elapsed() < timeout)
     }
 
     /// Picks the node for a request; `None` after answering it with an
@@ -543,7 +565,7 @@ impl TransactionSession {
         let on_primary = snapshot.primary == Some(index);
         let plan = Plan {
             gated: !on_primary,
-            retryable: !on_primary
+            retryable: (!on_primary || self.within_failover_window())
                 && routing.retry_on_primary
                 && request.replayable
                 && request.len > 0,
@@ -572,12 +594,52 @@ impl TransactionSession {
         }
         tracing::debug!(reusable, "retrying a replica's request on the primary");
         self.shared.metrics.retry_on_primary();
+        self.restore_request();
+        self.force_primary = true;
+    }
+
+    /// Whether the primary at `addr`, which just stopped a request, is on
+    /// its way out: after two monitor rounds (so that the second began
+    /// after the stop) it is no longer the verified primary.
+    async fn primary_is_going(&self, addr: &str) -> bool {
+        for _ in 0..2 {
+            self.shared
+                .topology
+                .next_publish(Duration::from_secs(1))
+                .await;
+        }
+        let snapshot = self.shared.topology.snapshot();
+        snapshot.primary.map(|i| snapshot.members[i].addr.as_str()) != Some(addr)
+    }
+
+    /// The primary stopped the request before it ran and is going away
+    /// (shutting down, or demoted under us): run the request again on
+    /// whichever node is primary next (waiting for one up to
+    /// `routing.failover_timeout`, counted from the first failure).
+    fn rerun_after_failover(&mut self, conn: PooledConnection, reusable: bool) {
+        if reusable {
+            conn.checkin();
+        } else {
+            conn.discard();
+            self.state.tracker.clear();
+        }
+        self.primary_may_be_failing();
+        tracing::debug!(
+            reusable,
+            "the primary stopped a request before it ran; running it again"
+        );
+        self.shared.metrics.retry_on_primary();
+        self.restore_request();
+    }
+
+    /// Puts the copy of the request taken for a re-run back in front of
+    /// whatever the client sent since.
+    fn restore_request(&mut self) {
         let mut restored =
             BytesMut::with_capacity(self.state.replay.len() + self.state.client_in.len());
         restored.extend_from_slice(&self.state.replay);
         restored.extend_from_slice(&self.state.client_in);
         self.state.client_in = restored;
-        self.force_primary = true;
     }
 
     /// After a write transaction, records where the primary's WAL stands,
@@ -797,11 +859,14 @@ impl TransactionSession {
         self.state.tracker.clear();
         self.state.pins = Default::default();
         self.state.client_in.clear();
+        // The request in flight may have been committing (an autocommit
+        // statement, or COMMIT): then nobody can know whether it committed,
+        // which PostgreSQL calls transaction_resolution_unknown.
         let error = ClientError {
             severity: "ERROR",
-            code: "08006",
+            code: "08007",
             message: format!(
-                "connection to server {addr} was lost; the transaction was rolled back"
+                "connection to server {addr} was lost while a request was in flight: an open transaction was rolled back, but a commit in flight may or may not have happened"
             ),
         };
         if pending == 0 {

@@ -70,9 +70,13 @@ pub enum StretchEnd {
     ServerProtocol(ProtocolError),
     /// The shutdown timeout expired.
     HardStop,
-    /// A replica refused the read as writing (25006), or was lost, before
-    /// any of the answer reached the client: run it again on the primary.
-    /// `reusable` says whether the replica connection is still good.
+    /// The node stopped the request before any of it ran or any of the
+    /// answer reached the client: a replica refused the read as writing
+    /// (25006) or was lost, or the primary terminated it (57P01) or turned
+    /// out to be in recovery (25006). Run it again on the primary, or, if
+    /// the caller decides against that, deliver the held answer, which is
+    /// left in `to_client`. `reusable` says whether the connection is still
+    /// good (the answer ended with ReadyForQuery).
     Retry {
         /// The connection is idle and healthy.
         reusable: bool,
@@ -87,7 +91,9 @@ pub struct Plan {
     /// writes is routed afresh instead of following this one.
     pub gated: bool,
     /// The first request may be re-run on the primary: hold the answer back
-    /// until it is known not to be a refusal (first row, or ReadyForQuery).
+    /// until it is known not to be a refusal (first row, ReadyForQuery, or
+    /// on the primary the first CommandComplete, after which something may
+    /// have committed).
     pub retryable: bool,
 }
 
@@ -197,7 +203,6 @@ pub async fn run(
             return StretchEnd::ServerProtocol(error);
         }
         if stretch.refused && stretch.at_ready && stretch.state.tracker.is_empty() {
-            stretch.state.to_client.clear();
             return StretchEnd::Retry { reusable: true };
         }
         let idle = stretch.at_idle_point();
@@ -231,10 +236,12 @@ pub async fn run(
             Event::ServerRead(Ok(n)) if n > 0 => {}
             Event::ClientWrote(_) | Event::ClientRead(_) => return StretchEnd::ClientGone,
             Event::ServerWrote(_) | Event::ServerRead(_) => {
-                if stretch.holding {
+                // A replica's read can always run again; on the primary
+                // only a request the server said it stopped before
+                // committing (a lost connection alone may follow a commit).
+                if stretch.holding && (stretch.plan.gated || stretch.refused) {
                     // Nothing of the answer reached the client: the primary
                     // can answer it instead.
-                    stretch.state.to_client.clear();
                     return StretchEnd::Retry { reusable: false };
                 }
                 // Keep what the server said last (e.g. its FATAL) for the client.
@@ -508,15 +515,24 @@ impl Stretch<'_> {
     }
 
     /// While the answer is held: a 25006 refusal means retry (if the
-    /// request ends outside a transaction); a row, COPY data, or a large
-    /// answer means the result is real and is released.
+    /// request ends outside a transaction), and so does the primary
+    /// terminating the connection (57P01) before any CommandComplete; a
+    /// row, COPY data, or a large answer means the result is real and is
+    /// released, and on the primary so does a CommandComplete.
     fn watch_held(&mut self, tag: u8, frame: &[u8]) {
+        let on_primary = !self.plan.gated;
         match tag {
-            b'E' if crate::protocol::messages::error_code(&frame[HEADER_LEN..])
-                == Some(b"25006") =>
-            {
-                self.refused = true;
-            }
+            b'E' => match crate::protocol::messages::error_code(&frame[HEADER_LEN..]) {
+                Some(b"25006") => self.refused = true,
+                // PostgreSQL commits an implicit transaction before the
+                // last CommandComplete of a Query, or at Sync after every
+                // Execute's, and holds interrupts while it commits: a
+                // termination (shutdown, demotion, pg_terminate_backend)
+                // reported before any CommandComplete committed nothing.
+                Some(b"57P01") if on_primary => self.refused = true,
+                _ => {}
+            },
+            b'C' if on_primary => self.holding = false,
             b'Z' => {
                 let status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
                 if !(self.refused && status == b'I') {

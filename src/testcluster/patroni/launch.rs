@@ -31,6 +31,7 @@ pub(super) fn member_config(
          \x20   loop_wait: {loop_wait}\n\
          \x20   retry_timeout: {retry_timeout}\n\
          \x20   maximum_lag_on_failover: 1048576\n\
+         \x20   synchronous_mode: {synchronous_mode}\n\
          \x20   postgresql:\n\
          \x20     use_pg_rewind: false\n\
          \x20     use_slots: true\n\
@@ -72,6 +73,7 @@ pub(super) fn member_config(
         ttl = spec.ttl,
         loop_wait = spec.loop_wait,
         retry_timeout = spec.retry_timeout,
+        synchronous_mode = spec.synchronous_mode,
         max_connections = spec.max_connections,
         pg_port = m.pg_port,
         data_dir = p(&m.data_dir),
@@ -139,6 +141,7 @@ mod tests {
             Path::new("/usr/lib/postgresql/15/bin"),
         );
         assert!(yaml.contains("    ttl: 10\n"), "{yaml}");
+        assert!(yaml.contains("    synchronous_mode: false\n"), "{yaml}");
         assert!(yaml.contains("      password: 'it''s'\n"), "{yaml}");
         assert!(yaml.contains("  data_dir: '/t/m1/data'\n"), "{yaml}");
         assert!(yaml.contains("  hosts: 127.0.0.1:2379\n"), "{yaml}");

@@ -61,13 +61,20 @@ impl PatroniNode {
         format!("127.0.0.1:{}", self.pg_port)
     }
 
-    /// When this member's PostgreSQL last finished a promotion (wall
-    /// clock): the `database system is ready to accept connections` line
-    /// that follows `selected new timeline ID` in its log. `None` if it was
-    /// never promoted (the bootstrap leader is initdb'd, not promoted).
+    /// When this member's PostgreSQL was last promoted (wall clock): its
+    /// `selected new timeline ID` log line, the moment it leaves recovery;
+    /// it takes writes a few milliseconds later, before the postmaster logs
+    /// `ready to accept connections`. `None` if it was never promoted (the
+    /// bootstrap leader is initdb'd, not promoted).
     /// Lets a drill measure "promotion → first write through the proxy".
     pub fn promoted_at(&self) -> Option<SystemTime> {
-        promotion_time(&self.log())
+        self.logged_at(PROMOTION_LINE)
+    }
+
+    /// When PostgreSQL last logged a line containing `needle` (wall clock),
+    /// e.g. `received fast shutdown request` to time a switchover.
+    pub fn logged_at(&self, needle: &str) -> Option<SystemTime> {
+        last_logged_at(&self.log(), needle)
     }
 
     /// Patroni's log so far (PostgreSQL's own log lines included).
@@ -127,15 +134,15 @@ impl PatroniNode {
     }
 }
 
-/// The promotion moment in a member's log (see
-/// [`PatroniNode::promoted_at`]). PostgreSQL lines start with `%m`
-/// (`2026-11-26 06:21:11.123 UTC`, `log_timezone = UTC`).
-fn promotion_time(log: &str) -> Option<SystemTime> {
-    let new_timeline = log.rfind("LOG:  selected new timeline ID")?;
-    let ready = log[new_timeline..]
-        .lines()
-        .find(|l| l.contains("database system is ready to accept connections"))?;
-    parse_log_timestamp(ready)
+/// What PostgreSQL logs as it leaves recovery on a promotion.
+const PROMOTION_LINE: &str = "LOG:  selected new timeline ID";
+
+/// When the last PostgreSQL line of `log` containing `needle` was written.
+/// PostgreSQL lines start with `%m` (`2026-11-26 06:21:11.123 UTC`,
+/// `log_timezone = UTC`); Patroni's own lines do not parse.
+fn last_logged_at(log: &str, needle: &str) -> Option<SystemTime> {
+    let line = log.lines().rev().find(|l| l.contains(needle))?;
+    parse_log_timestamp(line)
 }
 
 /// Parses the leading `YYYY-MM-DD HH:MM:SS.mmm UTC` of a log line.
@@ -183,12 +190,12 @@ mod tests {
                    2026-11-26 06:21:11.301 UTC [29001] LOG:  received promote request\n\
                    2026-11-26 06:21:11.305 UTC [29001] LOG:  selected new timeline ID: 2\n\
                    2026-11-26 06:21:11.320 UTC [29000] LOG:  database system is ready to accept connections\n";
-        let at = promotion_time(log).unwrap();
+        let at = last_logged_at(log, PROMOTION_LINE).unwrap();
         let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        // `date -u -d '2026-11-26 06:21:11.320' +%s.%3N` = 1795674071.320
-        assert_eq!(since_epoch, Duration::from_millis(1_795_674_071_320));
+        // `date -u -d '2026-11-26 06:21:11.305' +%s.%3N` = 1795674071.305
+        assert_eq!(since_epoch, Duration::from_millis(1_795_674_071_305));
         let bootstrap = "2026-11-26 06:20:55.000 UTC [1] LOG:  database system is ready to accept connections\n";
-        assert_eq!(promotion_time(bootstrap), None);
+        assert_eq!(last_logged_at(bootstrap, PROMOTION_LINE), None);
         assert_eq!(parse_log_timestamp("2026-11-26 06:21:11,622 INFO: x"), None);
     }
 }

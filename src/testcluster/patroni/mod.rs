@@ -67,12 +67,17 @@ pub struct PatroniSpec {
     pub retry_timeout: u32,
     /// `max_connections` of every PostgreSQL.
     pub max_connections: u32,
+    /// Patroni `synchronous_mode`: a commit is acknowledged only once a
+    /// synchronous standby has it, and only that standby may be promoted,
+    /// so a failover loses no acknowledged commit.
+    pub synchronous_mode: bool,
 }
 
 impl Default for PatroniSpec {
     /// Three members, ttl 10 s, loop_wait 1 s, retry_timeout 4 s (a
     /// `kill -9` of the leader fails over in about 10 s), superuser password
-    /// `postgres-secret`, `max_connections = 200`, no users or databases.
+    /// `postgres-secret`, `max_connections = 200`, asynchronous
+    /// replication, no users or databases.
     fn default() -> Self {
         PatroniSpec {
             members: 3,
@@ -83,6 +88,7 @@ impl Default for PatroniSpec {
             loop_wait: 1,
             retry_timeout: 4,
             max_connections: 200,
+            synchronous_mode: false,
         }
     }
 }
