@@ -23,7 +23,12 @@ enum Command {
     /// Validate the configuration and exit (non-zero, naming the bad key, when invalid).
     Check,
     /// Start a local primary + 2 streaming replicas with switchyard in front.
-    Demo,
+    Demo {
+        /// Instead of serving until Ctrl-C, run writers through the proxy,
+        /// stop the primary, promote a replica, and print what they saw.
+        #[arg(long)]
+        failover: bool,
+    },
 }
 
 /// Logs to stderr with `config`'s format and level (`SWITCHYARD_LOG`
@@ -46,9 +51,9 @@ fn init_logging(config: &LogConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo) => {
+        Some(Command::Demo { failover }) => {
             init_logging(&LogConfig::default());
-            switchyard::demo::run()
+            switchyard::demo::run(failover)
         }
         Some(Command::Check) => match load(cli.config) {
             // The TLS files are loaded too, so a bad certificate fails here, not at start.

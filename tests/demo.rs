@@ -85,3 +85,35 @@ fn demo_prints_a_working_url_and_ctrl_c_leaves_no_postgres_behind() {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err());
     }
 }
+
+#[test]
+fn demo_failover_drill_loses_nothing_and_resumes_writes_within_a_second() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["demo", "--failover"])
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figure = |label: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"));
+        line[line.find(':').unwrap() + 1..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {line:?}"))
+    };
+    assert!(figure("writes acknowledged") > 0);
+    assert_eq!(figure("acknowledged writes lost"), 0);
+    assert_eq!(figure("taken by a non-primary"), 0);
+    assert_eq!(figure("client connections dropped"), 0);
+    assert!(figure("promotion -> first write") <= 1000);
+}

@@ -1,5 +1,8 @@
 //! `switchyard demo`: a local primary and two streaming replicas from the
-//! PostgreSQL binaries on this machine, with the proxy in front, until Ctrl-C.
+//! PostgreSQL binaries on this machine, with the proxy in front, until
+//! Ctrl-C; with `--failover`, a failover drill through it instead.
+
+mod failover;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -14,8 +17,9 @@ pub const DEMO_USER: &str = "app";
 const DEMO_PASSWORD: &str = "app-secret";
 const DEMO_DB: &str = "appdb";
 
-/// Runs the demo until SIGINT/SIGTERM, then removes the cluster.
-pub fn run() -> ExitCode {
+/// Runs the demo until SIGINT/SIGTERM (or, with `failover`, through a
+/// failover drill), then removes the cluster.
+pub fn run(failover: bool) -> ExitCode {
     println!("switchyard demo: starting PostgreSQL (primary + 2 streaming replicas)...");
     let spec = ClusterSpec {
         replicas: 2,
@@ -30,18 +34,22 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match demo_config(&cluster) {
+    let config = match demo_config(&cluster, failover) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let code = match crate::proxy::control_runtime() {
-        Ok(runtime) => runtime.block_on(serve(config, &cluster)),
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            ExitCode::FAILURE
+    let code = if failover {
+        drill(config, &cluster)
+    } else {
+        match crate::proxy::control_runtime() {
+            Ok(runtime) => runtime.block_on(serve(config, &cluster)),
+            Err(error) => {
+                eprintln!("error: cannot start the runtime: {error}");
+                ExitCode::FAILURE
+            }
         }
     };
     drop(cluster);
@@ -49,7 +57,10 @@ pub fn run() -> ExitCode {
     code
 }
 
-fn demo_config(cluster: &LocalCluster) -> Result<Config, crate::config::ConfigError> {
+fn demo_config(
+    cluster: &LocalCluster,
+    failover: bool,
+) -> Result<Config, crate::config::ConfigError> {
     // The documented port when it is free, else any free port.
     let listen = if TcpListener::bind("127.0.0.1:6432").is_ok() {
         "127.0.0.1:6432"
@@ -65,12 +76,17 @@ fn demo_config(cluster: &LocalCluster) -> Result<Config, crate::config::ConfigEr
         .nodes()
         .map(|n| format!("\"{}\"", n.addr()))
         .collect();
+    // The drill promotes a replica by hand, so roles come from the probes.
+    let roles = if failover {
+        "topology = \"probe\"\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"".to_owned()
+    } else {
+        format!("primary = \"{}\"", cluster.primary().addr())
+    };
     let text = format!(
         "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\npool_mode = \"transaction\"\n\n\
-         [cluster]\nnodes = [{}]\nprimary = \"{}\"\n\n\
+         [cluster]\nnodes = [{}]\n{roles}\n\n\
          [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n",
         nodes.join(", "),
-        cluster.primary().addr(),
     );
     // SWITCHYARD_* variables apply as for a config file (e.g.
     // SWITCHYARD_SERVER_POOL_MODE=transaction).
@@ -124,4 +140,61 @@ async fn serve(config: Config, cluster: &LocalCluster) -> ExitCode {
     drop(out);
     proxy.run(termination_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// The failover drill: the proxy serves on its own thread while the drill
+/// stops the primary and promotes a replica; exits non-zero unless every
+/// acknowledged write survived and no client was dropped.
+fn drill(config: Config, cluster: &LocalCluster) -> ExitCode {
+    let proxy = match Proxy::bind(config) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match proxy.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match crate::proxy::control_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = std::thread::spawn(move || {
+        runtime.block_on(proxy.run(async {
+            let _ = stop_rx.await;
+        }));
+    });
+    println!("switchyard listens on {addr}; failover drill:");
+    let login = failover::Login {
+        user: DEMO_USER,
+        password: DEMO_PASSWORD,
+        database: DEMO_DB,
+    };
+    let code = match failover::run(addr, cluster, &login) {
+        Ok(report) => {
+            failover::print(&report);
+            if report.kept_its_promise() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: the clients saw a broken promise (see above)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("error: the drill failed: {error}");
+            ExitCode::FAILURE
+        }
+    };
+    let _ = stop_tx.send(());
+    let _ = serving.join();
+    code
 }
