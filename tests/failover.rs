@@ -65,6 +65,9 @@ async fn probe_topology_survives_a_manual_promotion_without_losing_writes() {
             "failover_timeout = \"20s\"",
             "",
         );
+        cluster
+            .make_replication_synchronous()
+            .expect("synchronous replication");
         let proxy = ProxyProcess::start(&config);
         (cluster, proxy)
     })
@@ -470,4 +473,87 @@ async fn a_session_made_read_only_gets_its_refusal_at_once() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_mode_clients_between_transactions_move_to_the_new_primary() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, proxy) = tokio::task::spawn_blocking(|| {
+        let cluster = LocalCluster::start(&ClusterSpec {
+            replicas: 1,
+            ..spec()
+        })
+        .expect("start cluster");
+        let config = support::replicated_config(
+            &cluster,
+            "topology = \"probe\"\nprobe_timeout = \"500ms\"",
+            "failover_timeout = \"20s\"",
+            "",
+        )
+        .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"");
+        let proxy = ProxyProcess::start(&config);
+        (cluster, proxy)
+    })
+    .await
+    .unwrap();
+    let old_port = cluster.primary().port as i32;
+    let new_port = cluster.replicas()[0].port as i32;
+    let through_proxy = dsn(proxy.addr.port());
+    let plain = support::connect(&through_proxy).await;
+    plain
+        .batch_execute("CREATE TABLE moved (id int)")
+        .await
+        .unwrap();
+    let port: i32 = plain
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, old_port);
+    let with_settings = support::connect(&through_proxy).await;
+    with_settings
+        .batch_execute("SET application_name = 'kept'")
+        .await
+        .unwrap();
+    let in_transaction = support::connect(&through_proxy).await;
+    in_transaction
+        .batch_execute("BEGIN; INSERT INTO moved VALUES (0)")
+        .await
+        .unwrap();
+
+    tokio::task::block_in_place(|| {
+        cluster.primary().stop("immediate").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.replicas()[0].promote().unwrap();
+    });
+
+    // Nothing was in flight and nothing was kept on the old server: the
+    // session goes on on the new primary, writes included.
+    let started = std::time::Instant::now();
+    let port: i32 = plain
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("the idle, stateless session carries on")
+        .get(0);
+    assert_eq!(port, new_port);
+    plain
+        .execute("INSERT INTO moved VALUES (1)", &[])
+        .await
+        .expect("writes on the new primary");
+    println!(
+        "session mode: the idle session's first query after the promotion took {:?}",
+        started.elapsed()
+    );
+    // A SET and an open transaction cannot move: a clean error, then closed.
+    for (name, client) in [
+        ("SET", &with_settings),
+        ("open transaction", &in_transaction),
+    ] {
+        let error = client
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("a session that cannot move is ended");
+        println!("session mode, {name}: {error:?}");
+        assert!(client.is_closed(), "{name}: the session is closed");
+    }
 }

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use thiserror::Error;
 
+use crate::protocol::frame::HEADER_LEN;
+
 use crate::protocol::ProtocolError;
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::ClientError;
@@ -88,6 +90,23 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The node could not be reached, or refused the login only because it
+    /// is starting up, shutting down or in recovery without hot standby
+    /// (`57P03`, cannot_connect_now): it may be failing over, unlike a
+    /// login refused for a bad password or an unknown database.
+    pub fn is_node_unavailable(&self) -> bool {
+        match self {
+            Self::Refused(raw) => {
+                crate::protocol::messages::error_code(raw.get(HEADER_LEN..).unwrap_or_default())
+                    == Some(b"57P03")
+            }
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Read { .. } | Self::Tls { .. } => {
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The ErrorResponse a client gets for this failure.
     pub fn to_client(&self) -> Bytes {
         match self {

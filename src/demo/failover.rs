@@ -110,6 +110,9 @@ pub fn run(proxy: SocketAddr, cluster: &LocalCluster, login: &Login) -> Result<R
         .replicas()
         .first()
         .ok_or_else(|| ClusterError::InvalidArgument("the failover demo needs a replica".into()))?;
+    // Asynchronous replication may lose commits the old primary
+    // acknowledged; the drill shows what the proxy does, so it rules that out.
+    cluster.make_replication_synchronous()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -8,7 +8,6 @@ use thiserror::Error;
 
 use super::PoolKey;
 use crate::backend::BackendError;
-use crate::protocol::frame::HEADER_LEN;
 
 /// A checkout that produced no connection.
 #[derive(Debug, Error)]
@@ -49,24 +48,11 @@ impl PoolError {
         }
     }
 
-    /// The node could not be reached, or refused the login only because it
-    /// is starting up, shutting down or in recovery without hot standby
-    /// (`57P03`, cannot_connect_now): a primary that fails this way may be
-    /// on its way out, so a write should wait for the topology, not fail.
+    /// The node could not be reached or is shutting down (see
+    /// [`BackendError::is_node_unavailable`]): a primary that fails this
+    /// way may be on its way out, so a write should wait for the topology.
     pub fn is_node_unavailable(&self) -> bool {
-        match self {
-            Self::Connect(BackendError::Refused(raw)) => {
-                crate::protocol::messages::error_code(raw.get(HEADER_LEN..).unwrap_or_default())
-                    == Some(b"57P03")
-            }
-            Self::Connect(
-                BackendError::Connect { .. }
-                | BackendError::Timeout { .. }
-                | BackendError::Read { .. }
-                | BackendError::Tls { .. },
-            ) => true,
-            _ => false,
-        }
+        matches!(self, Self::Connect(error) if error.is_node_unavailable())
     }
 }
 

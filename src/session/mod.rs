@@ -105,12 +105,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
             return;
         }
     };
-    let target = CancelTarget {
-        addr: server.addr.clone(),
-        pid: server.pid,
-        secret: server.secret.clone(),
-    };
-    let registration = shared.cancels.register(target.clone());
+    let registration = shared.cancels.register(cancel_target(&server));
     let key = registration.key();
     let mut greeting = std::mem::take(&mut server.startup_messages);
     messages::backend_key_data(&mut greeting, key.pid, key.secret);
@@ -120,20 +115,132 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         return;
     }
     tracing::debug!(%peer, user, server = %server.addr, "session started");
-    // Resolved once per session: the relay then only adds to it.
-    let route = shared.metrics.route(&server.addr, "primary");
-    let activity = Activity::counting(&shared.metrics, &route);
-    finish(
+    let limit = server_config.max_message_size;
+    let mut early_client_bytes = buf;
+    loop {
+        // Resolved once per server connection: the relay then only adds to it.
+        let route = shared.metrics.route(&server.addr, "primary");
+        let activity = Activity::counting(&shared.metrics, &route);
+        let end = relay_to(
+            &mut client,
+            &mut server,
+            std::mem::take(&mut early_client_bytes),
+            limit,
+            &shutdown,
+            &activity,
+        )
+        .await;
+        let server_left = matches!(
+            end,
+            RelayEnd::ServerLeftIdle { .. } | RelayEnd::ServerGone { .. }
+        );
+        if !(server_left && activity.can_move() && shared.topology.primary_left(&server.addr).await)
+        {
+            finish(client, server, end, &activity).await;
+            return;
+        }
+        // The primary went away between two transactions of the session,
+        // which kept nothing on it: carry on on the next primary, as if
+        // nothing happened.
+        match reattach(&shared, &settings, &params, secret.as_ref()).await {
+            Ok(next) => {
+                tracing::info!(%peer, user, from = %server.addr, to = %next.addr, "session moved to a new server connection");
+                registration.retarget(cancel_target(&next));
+                server = next;
+            }
+            Err(error) => {
+                tracing::info!(%peer, user, server = %server.addr, %error, "session lost its server");
+                let mut farewell = match end {
+                    RelayEnd::ServerLeftIdle { farewell } => farewell,
+                    _ => Vec::new(),
+                };
+                if farewell.is_empty() {
+                    farewell.extend_from_slice(&lost_server(&server.addr));
+                }
+                let _ = client.write_all(&farewell).await;
+                let _ = client.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+fn cancel_target(server: &ServerConnection) -> CancelTarget {
+    CancelTarget {
+        addr: server.addr.clone(),
+        pid: server.pid,
+        secret: server.secret.clone(),
+    }
+}
+
+fn lost_server(addr: &str) -> BytesMut {
+    ClientError::fatal("08006", format!("connection to server {addr} was lost")).to_bytes()
+}
+
+/// A new server connection for a session-mode client whose server left
+/// while the session could move: on the verified primary, waiting for one
+/// (and retrying connects to a node that is going away) up to
+/// `routing.failover_timeout`.
+async fn reattach(
+    shared: &Shared,
+    settings: &Settings,
+    params: &[(String, String)],
+    secret: Option<&Secret>,
+) -> Result<ServerConnection, SessionError> {
+    let timeout = settings.config.routing.failover_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let primary = wait_for_primary(&shared.topology, remaining)
+            .await
+            .map_err(SessionError::NoPrimary)?;
+        let connected = backend::connect(
+            &primary,
+            params,
+            secret,
+            &settings.server_tls,
+            settings.config.server.connect_timeout,
+        )
+        .await;
+        match connected {
+            Ok(server) => return Ok(server),
+            Err(error) if error.is_node_unavailable() && tokio::time::Instant::now() < deadline => {
+                // Most likely the old primary, not yet dropped by the monitor.
+                shared
+                    .topology
+                    .next_publish(std::time::Duration::from_secs(1))
+                    .await;
+            }
+            Err(error) => return Err(SessionError::Backend(error)),
+        }
+    }
+}
+
+/// Relays the session over `server` until either side ends it.
+async fn relay_to(
+    client: &mut ClientStream,
+    server: &mut ServerConnection,
+    early_client_bytes: BytesMut,
+    limit: usize,
+    shutdown: &Shutdown,
+    activity: &Activity,
+) -> RelayEnd {
+    // A client may pipeline its first query behind the startup packet.
+    if !early_client_bytes.is_empty() && server.stream.write_all(&early_client_bytes).await.is_err()
+    {
+        return RelayEnd::ServerGone {
+            fatal_relayed: false,
+        };
+    }
+    relay::relay(
         client,
-        server,
-        buf,
-        &target,
-        server_config.max_message_size,
-        &shutdown,
+        &mut server.stream,
+        limit,
         activity,
+        &shutdown.draining,
+        &shutdown.hard_stop,
     )
-    .await;
-    drop(registration);
+    .await
 }
 
 /// Negotiates encryption, reads the StartupMessage (or serves a
@@ -228,30 +335,15 @@ async fn admit(
     })
 }
 
+/// Ends a session-mode session the way `end` calls for.
 async fn finish(
     mut client: ClientStream,
     mut server: ServerConnection,
-    early_client_bytes: BytesMut,
-    target: &CancelTarget,
-    limit: usize,
-    shutdown: &Shutdown,
-    activity: Activity,
+    end: RelayEnd,
+    activity: &Activity,
 ) {
-    // A client may pipeline its first query behind the startup packet.
-    if !early_client_bytes.is_empty() && server.stream.write_all(&early_client_bytes).await.is_err()
-    {
-        return;
-    }
-    let end = relay::relay(
-        &mut client,
-        &mut server.stream,
-        limit,
-        &activity,
-        &shutdown.draining,
-        &shutdown.hard_stop,
-    )
-    .await;
     tracing::debug!(?end, server = %server.addr, "session ended");
+    let target = &cancel_target(&server);
     let busy = !activity.is_idle();
     let tell_client = |error: ClientError| activity.client_at_boundary().then(|| error.to_bytes());
     let message = match end {
@@ -271,12 +363,12 @@ async fn finish(
                 .filter(|_| activity.client_at_boundary())
                 .map(|b| BytesMut::from(&b[..]))
         }
+        RelayEnd::ServerLeftIdle { farewell } => Some(BytesMut::from(&farewell[..])),
         RelayEnd::ServerGone { fatal_relayed } => (!fatal_relayed)
             .then(|| {
-                tell_client(ClientError::fatal(
-                    "08006",
-                    format!("connection to server {} was lost", server.addr),
-                ))
+                activity
+                    .client_at_boundary()
+                    .then(|| lost_server(&server.addr))
             })
             .flatten(),
         RelayEnd::ServerProtocol(error) => tell_client(ClientError::fatal(

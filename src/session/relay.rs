@@ -13,7 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::transaction::complete_frame;
+use super::transaction::statements::read_parse;
+use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::{FrameScanner, ProtocolError};
+use crate::router::effects::session_effects_bytes;
 use crate::tls::{ClientStream, ServerStream};
 
 /// Bytes read per syscall in each direction.
@@ -28,6 +32,14 @@ pub enum RelayEnd {
     ClientGone,
     /// The client sent a frame that cannot be relayed.
     ClientProtocol(ProtocolError),
+    /// The server ended the session while nothing was in flight (a
+    /// shutdown, a terminated backend): the client has asked nothing, so
+    /// the session may go on on another server. `farewell` holds the bytes
+    /// the server sent last (its FATAL), not relayed.
+    ServerLeftIdle {
+        /// What the server said, for the client if the session cannot go on.
+        farewell: Vec<u8>,
+    },
     /// The server's socket closed or failed.
     ServerGone {
         /// The server's last message was a FATAL error the client has already received.
@@ -50,6 +62,9 @@ pub struct Activity {
     status: AtomicU8,
     client_at_boundary: AtomicBool,
     close_when_idle: AtomicBool,
+    /// The client left state on its server that a new connection would
+    /// lack (see [`ServerState`]).
+    stateful: AtomicBool,
     /// Bytes read from the client (a metric, or a detached counter).
     received: prometheus::IntCounter,
     /// Bytes written to the client.
@@ -66,6 +81,7 @@ impl Default for Activity {
             status: AtomicU8::new(b'I'),
             client_at_boundary: AtomicBool::new(true),
             close_when_idle: AtomicBool::new(false),
+            stateful: AtomicBool::new(false),
             received: detached_counter(),
             sent: detached_counter(),
             queries: detached_counter(),
@@ -103,6 +119,13 @@ impl Activity {
     /// True when a message written to the client now would not split a frame.
     pub fn client_at_boundary(&self) -> bool {
         self.client_at_boundary.load(Relaxed)
+    }
+
+    /// True when the session could continue on a new server connection: no
+    /// request in flight, no transaction open, the client between frames,
+    /// and nothing left on the server that a new connection would lack.
+    pub fn can_move(&self) -> bool {
+        self.is_idle() && self.client_at_boundary() && !self.stateful.load(Relaxed)
     }
 }
 
@@ -150,16 +173,24 @@ where
 {
     let mut buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
     let mut scanner = FrameScanner::new(limit);
+    let mut server_state = ServerState::default();
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return RelayEnd::ClientGone,
             Ok(n) => n,
         };
         activity.received.inc_by(n as u64);
+        let at_frame_start = scanner.at_boundary();
         let mut requests = 0;
+        let mut statements = false;
         let mut terminated = false;
         let scanned = scanner.scan(&buf[..n], |tag, _| match tag {
-            b'Q' | b'S' | b'F' => requests += 1,
+            b'Q' | b'F' => {
+                requests += 1;
+                statements = true;
+            }
+            b'S' => requests += 1,
+            b'P' | b'C' => statements = true,
             b'X' => terminated = true,
             _ => {}
         });
@@ -169,6 +200,12 @@ where
         if requests > 0 {
             activity.requests.fetch_add(requests, Relaxed);
             activity.queries.inc_by(requests);
+        }
+        // Lexed only until lasting state is found: such a session costs
+        // nothing more per message.
+        if statements && !server_state.lasting {
+            server_state.note(&buf[..n], at_frame_start, limit);
+            activity.stateful.store(server_state.is_some(), Relaxed);
         }
         if writer.write_all(&buf[..n]).await.is_err() {
             return RelayEnd::ServerGone {
@@ -199,6 +236,7 @@ where
             Ok(0) | Err(_) => return RelayEnd::ServerGone { fatal_relayed },
             Ok(n) => n,
         };
+        let idle_before = activity.is_idle();
         let scanned = scanner.scan(&buf[..n], |tag, head| {
             fatal_relayed =
                 tag == b'E' && (head.starts_with(b"SFATAL") || head.starts_with(b"SPANIC"));
@@ -212,6 +250,11 @@ where
         if let Err(error) = scanned {
             return RelayEnd::ServerProtocol(error);
         }
+        if fatal_relayed && idle_before && activity.is_idle() {
+            return RelayEnd::ServerLeftIdle {
+                farewell: buf[..n].to_vec(),
+            };
+        }
         activity.client_at_boundary.store(false, Relaxed);
         if writer.write_all(&buf[..n]).await.is_err() {
             return RelayEnd::ClientGone;
@@ -223,5 +266,187 @@ where
         if activity.close_when_idle.load(Relaxed) && activity.is_idle() && scanner.at_boundary() {
             return RelayEnd::DrainedIdle;
         }
+    }
+}
+
+/// Named prepared statements held at most before the session counts as
+/// stateful for good (kept inline: no allocation per statement).
+const TRACKED_STATEMENTS: usize = 16;
+
+/// What a session-mode client has left on its server that a new server
+/// connection would lack: named prepared statements (until closed), and
+/// anything lasting — SQL with session effects (SET, temporary tables,
+/// LISTEN, advisory locks, cursors WITH HOLD, PREPARE, LOAD; see
+/// [`crate::router::effects`]), a FunctionCall, or a request this
+/// inspection cannot read whole (cut by a read, over 16 KiB: rare).
+#[derive(Debug, Default)]
+struct ServerState {
+    lasting: bool,
+    /// Hashes of the open named statements.
+    statements: [u64; TRACKED_STATEMENTS],
+    open: usize,
+}
+
+impl ServerState {
+    fn is_some(&self) -> bool {
+        self.lasting || self.open > 0
+    }
+
+    /// Notes the frames of `chunk`, which starts at a frame boundary when
+    /// `at_frame_start`.
+    fn note(&mut self, chunk: &[u8], at_frame_start: bool, limit: usize) {
+        if !at_frame_start {
+            self.lasting = true;
+            return;
+        }
+        let mut pos = 0;
+        while pos < chunk.len() && !self.lasting {
+            let Ok(Some((tag, len))) = complete_frame(&chunk[pos..], limit) else {
+                self.lasting = true;
+                return;
+            };
+            self.note_frame(tag, &chunk[pos + HEADER_LEN..pos + len]);
+            pos += len;
+        }
+    }
+
+    fn note_frame(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'Q' => {
+                let sql = body.strip_suffix(b"\0").unwrap_or(body);
+                self.lasting |= !session_effects_bytes(sql).is_empty();
+            }
+            b'P' => match read_parse(body) {
+                Ok(parse) => {
+                    self.lasting |= !session_effects_bytes(parse.query).is_empty();
+                    if !parse.name.is_empty() {
+                        self.open_statement(name_hash(parse.name));
+                    }
+                }
+                Err(_) => self.lasting = true,
+            },
+            // Close of a named statement ('S'); portals end with their
+            // transaction anyway.
+            b'C' => {
+                if let Some((b'S', rest)) = body.split_first() {
+                    let name = rest.strip_suffix(b"\0").unwrap_or(rest);
+                    if !name.is_empty() {
+                        self.close_statement(name_hash(name));
+                    }
+                }
+            }
+            b'F' => self.lasting = true,
+            _ => {}
+        }
+    }
+
+    fn open_statement(&mut self, hash: u64) {
+        if self.statements[..self.open].contains(&hash) {
+            return;
+        }
+        if self.open == TRACKED_STATEMENTS {
+            self.lasting = true;
+            return;
+        }
+        self.statements[self.open] = hash;
+        self.open += 1;
+    }
+
+    fn close_statement(&mut self, hash: u64) {
+        if let Some(i) = self.statements[..self.open].iter().position(|&h| h == hash) {
+            self.open -= 1;
+            self.statements.swap(i, self.open);
+        }
+    }
+}
+
+fn name_hash(name: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        frame(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        frame(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+    }
+
+    fn state_after(frames: &[Vec<u8>]) -> ServerState {
+        let mut state = ServerState::default();
+        for f in frames {
+            state.note(f, true, 1 << 20);
+        }
+        state
+    }
+
+    fn close(name: &str) -> Vec<u8> {
+        frame(b'C', format!("S{name}\0").as_bytes())
+    }
+
+    #[test]
+    fn plain_statements_leave_no_state() {
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "BEGIN; UPDATE t SET x = 1; COMMIT",
+            "SET LOCAL statement_timeout = 0",
+        ] {
+            assert!(!state_after(&[query(sql)]).is_some(), "{sql}");
+        }
+        let mut extended = parse("", "SELECT $1");
+        extended.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+        extended.extend(frame(b'E', b"\0\0\0\0\0"));
+        extended.extend(frame(b'S', b""));
+        assert!(!state_after(&[extended]).is_some());
+        // A named statement counts until it is closed.
+        assert!(state_after(&[parse("s1", "SELECT 1")]).is_some());
+        assert!(!state_after(&[parse("s1", "SELECT 1"), close("s1")]).is_some());
+        assert!(
+            state_after(&[
+                parse("s1", "SELECT 1"),
+                parse("s2", "SELECT 2"),
+                close("s1")
+            ])
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn lasting_session_state_is_noticed() {
+        for sql in [
+            "SET search_path = app",
+            "SELECT set_config('x.y', '1', false)",
+            "CREATE TEMP TABLE t (x int)",
+            "LISTEN jobs",
+            "SELECT pg_advisory_lock(1)",
+            "PREPARE p AS SELECT 1",
+        ] {
+            assert!(state_after(&[query(sql)]).lasting, "{sql}");
+        }
+        assert!(state_after(&[frame(b'F', b"\0\0\0\x01")]).lasting);
+        // A frame cut by the read, or one that starts mid-frame.
+        let cut = query("SELECT 1");
+        assert!(state_after(&[cut[..cut.len() - 2].to_vec()]).lasting);
+        let mut state = ServerState::default();
+        state.note(&cut, false, 1 << 20);
+        assert!(state.lasting);
+        // More named statements than are tracked.
+        let many: Vec<Vec<u8>> = (0..=TRACKED_STATEMENTS)
+            .map(|i| parse(&format!("s{i}"), "SELECT 1"))
+            .collect();
+        assert!(state_after(&many).lasting);
     }
 }

@@ -212,6 +212,20 @@ impl LocalCluster {
         })
     }
 
+    /// Makes the primary acknowledge a commit only once every replica has
+    /// it (`synchronous_standby_names = 'ANY n (*)'`, set on the primary
+    /// alone), so that promoting any replica loses no acknowledged commit.
+    /// A failover drill needs this: with asynchronous replication the
+    /// primary may acknowledge a commit it never got to send.
+    pub fn make_replication_synchronous(&self) -> Result<(), ClusterError> {
+        let all = self.replicas.len();
+        self.primary.psql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = 'ANY {all} (*)'"
+        ))?;
+        self.primary.psql("SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// The primary (read-write) node.
     pub fn primary(&self) -> &Node {
         &self.primary

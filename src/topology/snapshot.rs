@@ -216,6 +216,20 @@ impl Topology {
         let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
     }
 
+    /// Whether `addr`, a primary that just dropped a connection or stopped a
+    /// request, is on its way out: after two monitor rounds (so that the
+    /// second began after the event) it is no longer the verified primary.
+    /// False when it stays: the event was aimed at that one backend
+    /// (`pg_terminate_backend`), not a shutdown, switchover or crash.
+    pub async fn primary_left(&self, addr: &str) -> bool {
+        for _ in 0..2 {
+            self.next_publish(Duration::from_secs(1)).await;
+        }
+        self.load()
+            .primary()
+            .is_none_or(|primary| primary.addr != addr)
+    }
+
     /// Waits until a snapshot with a primary is published, or `timeout`.
     pub async fn wait_for_primary(&self, timeout: Duration) -> Option<Arc<Snapshot>> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -11,7 +11,7 @@ pub mod pins;
 mod relay;
 mod request;
 mod settings;
-mod statements;
+pub(crate) mod statements;
 mod tracker;
 
 use std::sync::Arc;
@@ -34,6 +34,7 @@ use crate::topology::{LoadGuard, Role};
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
 use node_pools::NodePools;
+pub(crate) use relay::complete_frame;
 use relay::{ClientState, Plan, ShutdownWatch, StretchEnd};
 use request::Request;
 use settings::{SNAPSHOT_SQL, SessionSettings};
@@ -479,7 +480,7 @@ impl TransactionSession {
                 self.retry_on_primary(conn, reusable, request);
                 return true;
             }
-            if self.primary_is_going(&conn.addr).await {
+            if self.shared.topology.primary_left(&conn.addr).await {
                 self.state.to_client.clear();
                 self.rerun_after_failover(conn, reusable);
                 return true;
@@ -596,20 +597,6 @@ impl TransactionSession {
         self.shared.metrics.retry_on_primary();
         self.restore_request();
         self.force_primary = true;
-    }
-
-    /// Whether the primary at `addr`, which just stopped a request, is on
-    /// its way out: after two monitor rounds (so that the second began
-    /// after the stop) it is no longer the verified primary.
-    async fn primary_is_going(&self, addr: &str) -> bool {
-        for _ in 0..2 {
-            self.shared
-                .topology
-                .next_publish(Duration::from_secs(1))
-                .await;
-        }
-        let snapshot = self.shared.topology.snapshot();
-        snapshot.primary.map(|i| snapshot.members[i].addr.as_str()) != Some(addr)
     }
 
     /// The primary stopped the request before it ran and is going away
