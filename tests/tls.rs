@@ -493,3 +493,68 @@ password = "{APP_PASSWORD}"
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_must_name_the_user_when_client_cert_user_is_cn() {
+    let client_ca = TestCa::new("client CA");
+    let (h, ca) = tls_harness(
+        "allow",
+        &format!(
+            "client_ca = \"{}\"\nclient_cert_user = \"cn\"\n[tls.client_cert_map]\n\"deploy-bot\" = [\"{APP_USER}\"]",
+            client_ca.ca_path().display()
+        ),
+    );
+    let config = pg_config(&h, "localhost");
+    let login = |cert: &support::tls::Issued| {
+        let tls = client_config(&ca.ca_path(), Some(cert));
+        let config = config.clone();
+        async move { connect_tls(&config, tls).await }
+    };
+
+    // Someone else's certificate (CA-signed, so the handshake succeeds) is
+    // refused with 28000 before any server connection is opened.
+    let mallory = client_ca.issue("mallory", &["mallory"]);
+    let error = login(&mallory).await.expect_err("mallory logged in as app");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{error:?}"
+    );
+    let text = message(&error);
+    assert!(
+        text.contains("certificate authentication failed for user \"app\"")
+            && text.contains("\"mallory\""),
+        "{text}"
+    );
+    // A plaintext client (tls.mode = "allow") has no certificate at all.
+    let error = tokio_postgres::connect(&h.proxy_dsn(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("plaintext client logged in without a certificate");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    assert!(
+        message(&error).contains("no client certificate"),
+        "{error:?}"
+    );
+    let log = h.cluster.primary().log();
+    assert!(
+        !log.contains("user=app database=appdb"),
+        "a refused client reached the server:\n{log}"
+    );
+
+    // The user's own certificate, and one the map lets stand for it, log in.
+    for cert in [
+        client_ca.issue("app", &[APP_USER]),
+        client_ca.issue("bot", &["deploy-bot"]),
+    ] {
+        let client = login(&cert).await.expect("certificate naming the user");
+        let row = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, &str>(0), APP_USER);
+    }
+}

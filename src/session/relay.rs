@@ -9,15 +9,20 @@
 //! a session holds at most one buffer per direction in flight.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::idle::IdleTimeout;
 use crate::protocol::{FrameScanner, ProtocolError};
 use crate::tls::{ClientStream, ServerStream};
 
 /// Bytes read per syscall in each direction.
 const BUFFER_LEN: usize = 16 * 1024;
+/// `Activity::idle_since` while the client is not idle.
+const BUSY: u64 = u64::MAX;
 
 /// Why a relay stopped.
 #[derive(Debug)]
@@ -37,6 +42,8 @@ pub enum RelayEnd {
     ServerProtocol(ProtocolError),
     /// Shutdown began and the session reached an idle point.
     DrainedIdle,
+    /// The client sat idle longer than `server.client_idle_timeout`.
+    IdleTimeout,
     /// The shutdown timeout expired.
     HardStop,
 }
@@ -50,6 +57,10 @@ pub struct Activity {
     status: AtomicU8,
     client_at_boundary: AtomicBool,
     close_when_idle: AtomicBool,
+    /// When the client last became idle (a ReadyForQuery "idle" relayed,
+    /// nothing sent since), in nanoseconds after `born`; [`BUSY`] otherwise.
+    idle_since: AtomicU64,
+    born: Instant,
     /// Bytes read from the client (a metric, or a detached counter).
     received: prometheus::IntCounter,
     /// Bytes written to the client.
@@ -66,6 +77,9 @@ impl Default for Activity {
             status: AtomicU8::new(b'I'),
             client_at_boundary: AtomicBool::new(true),
             close_when_idle: AtomicBool::new(false),
+            // A session starts idle: its greeting ended with ReadyForQuery.
+            idle_since: AtomicU64::new(0),
+            born: Instant::now(),
             received: detached_counter(),
             sent: detached_counter(),
             queries: detached_counter(),
@@ -104,22 +118,47 @@ impl Activity {
     pub fn client_at_boundary(&self) -> bool {
         self.client_at_boundary.load(Relaxed)
     }
+
+    /// Since when the client has been idle between transactions, if it is
+    /// (and a message to it would not split a frame).
+    pub fn idle_since(&self) -> Option<Instant> {
+        let nanos = self.idle_since.load(Relaxed);
+        (nanos != BUSY && self.is_idle() && self.client_at_boundary())
+            .then(|| self.born + Duration::from_nanos(nanos))
+    }
+
+    /// Notes that the client became idle now, unless it already was (a
+    /// notification relayed to an idle client does not restart its clock).
+    fn note_idle(&self) {
+        if self.idle_since.load(Relaxed) == BUSY {
+            let nanos = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(BUSY - 1);
+            self.idle_since.store(nanos, Relaxed);
+        }
+    }
 }
 
-/// Relays between `client` and `server` until one side ends or shutdown
-/// asks the session to stop.
+/// Relays between `client` and `server` until one side ends, shutdown
+/// asks the session to stop, or the client sits idle past `idle`.
 pub async fn relay(
     client: &mut ClientStream,
     server: &mut ServerStream,
     limit: usize,
+    mut idle: IdleTimeout,
     activity: &Activity,
     draining: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> RelayEnd {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
+    let track_idle = idle.is_enabled();
     let upstream = client_to_server(&mut client_read, &mut server_write, limit, activity);
-    let downstream = server_to_client(&mut server_read, &mut client_write, limit, activity);
+    let downstream = server_to_client(
+        &mut server_read,
+        &mut client_write,
+        limit,
+        activity,
+        track_idle,
+    );
     tokio::pin!(upstream, downstream);
     let mut drain_noticed = false;
     loop {
@@ -134,6 +173,7 @@ pub async fn relay(
                 }
             }
             () = hard_stop.cancelled() => return RelayEnd::HardStop,
+            () = idle.expired(|| activity.idle_since()) => return RelayEnd::IdleTimeout,
         }
     }
 }
@@ -156,6 +196,7 @@ where
             Ok(n) => n,
         };
         activity.received.inc_by(n as u64);
+        activity.idle_since.store(BUSY, Relaxed);
         let mut requests = 0;
         let mut terminated = false;
         let scanned = scanner.scan(&buf[..n], |tag, _| match tag {
@@ -186,6 +227,7 @@ async fn server_to_client<R, W>(
     writer: &mut W,
     limit: usize,
     activity: &Activity,
+    track_idle: bool,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
@@ -199,10 +241,12 @@ where
             Ok(0) | Err(_) => return RelayEnd::ServerGone { fatal_relayed },
             Ok(n) => n,
         };
+        let mut ready = false;
         let scanned = scanner.scan(&buf[..n], |tag, head| {
             fatal_relayed =
                 tag == b'E' && (head.starts_with(b"SFATAL") || head.starts_with(b"SPANIC"));
             if tag == b'Z' {
+                ready = true;
                 activity.readies.fetch_add(1, Relaxed);
                 activity
                     .status
@@ -211,6 +255,11 @@ where
         });
         if let Err(error) = scanned {
             return RelayEnd::ServerProtocol(error);
+        }
+        // Once per transaction: the clock starts as its last ReadyForQuery
+        // goes out (PostgreSQL arms idle_session_timeout there too).
+        if track_idle && ready && activity.is_idle() && scanner.at_boundary() {
+            activity.note_idle();
         }
         activity.client_at_boundary.store(false, Relaxed);
         if writer.write_all(&buf[..n]).await.is_err() {

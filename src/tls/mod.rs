@@ -5,7 +5,9 @@
 //! backend (server-facing) share the stream type and the PEM loading.
 
 pub mod acceptor;
+pub mod client_user;
 pub mod connector;
+mod der;
 mod end_point;
 mod error;
 mod pem;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 
 pub use acceptor::{Acceptor, TlsFiles};
+pub use client_user::{CertUserError, CertificateNames, check_user};
 pub use connector::Connector;
 pub use end_point::end_point_hash;
 pub use error::TlsError;
