@@ -9,9 +9,9 @@ mod local;
 mod node_pools;
 pub mod pins;
 mod relay;
-mod request;
+pub mod request;
 mod settings;
-mod statements;
+pub mod statements;
 mod tracker;
 
 use std::sync::Arc;
