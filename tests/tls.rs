@@ -399,6 +399,43 @@ async fn proxy_verifies_the_node_certificate_as_server_tls_mode_says() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn proxy_refuses_an_expired_node_certificate_naming_the_reason() {
+    let ca = TestCa::new("node CA");
+    let expired = ca.issue_expired("node", &["localhost"]);
+    let cluster = LocalCluster::start(&ClusterSpec {
+        tls: Some(expired.node_tls()),
+        ..spec()
+    })
+    .expect("start TLS cluster");
+    let port = cluster.primary().port;
+    let ca_file = format!("ca_file = \"{}\"", ca.ca_path().display());
+    for mode in ["verify-ca", "verify-full"] {
+        let proxy = proxy_to(
+            &cluster,
+            &format!("localhost:{port}"),
+            &format!("mode = \"{mode}\"\n{ca_file}"),
+        );
+        let error = server_side_ssl(&proxy)
+            .await
+            .expect_err("expired node certificate accepted");
+        // 08006 from the login, or 57P03 when the probes refused the
+        // node first (then no primary is verified); either names the reason.
+        assert!(
+            [SqlState::CONNECTION_FAILURE, SqlState::CANNOT_CONNECT_NOW]
+                .iter()
+                .any(|code| error.code() == Some(code)),
+            "{error:?}"
+        );
+        let text = message(&error);
+        assert!(text.contains("TLS with server"), "{mode}: {text}");
+        assert!(text.to_lowercase().contains("expired"), "{mode}: {text}");
+    }
+    // require does not check the certificate, as libpq's sslmode=require.
+    let proxy = proxy_to(&cluster, &format!("localhost:{port}"), "mode = \"require\"");
+    assert!(server_side_ssl(&proxy).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn require_fails_and_prefer_falls_back_when_the_node_has_no_tls() {
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     let node = cluster.primary().addr();

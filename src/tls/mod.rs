@@ -28,3 +28,13 @@ pub use stream::{ClientStream, MaybeTls, ServerStream};
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+#[cfg(test)]
+mod tests {
+    /// DESIGN.md decision 10, as the issue words it (`cargo tree -i
+    /// aws-lc-rs` finds nothing): not even an optional dependency resolves it.
+    #[test]
+    fn aws_lc_rs_is_nowhere_in_the_lockfile() {
+        assert!(!include_str!("../../Cargo.lock").contains("aws-lc"));
+    }
+}
