@@ -155,3 +155,37 @@ async fn idle_clients_are_closed_with_57p05_in_both_pool_modes_but_not_inside_a_
             .unwrap_or_else(|e| panic!("{mode}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_pipelined_behind_the_startup_packet_still_lets_the_session_go_idle() {
+    use support::raw::{read_message, startup_packet};
+    use tokio::io::AsyncWriteExt;
+
+    let cluster = LocalCluster::start(&spec()).expect("start cluster");
+    // A trust user: nothing to wait for between the startup packet and the query.
+    let config = proxy_config(&cluster, "client_idle_timeout = \"1s\"").replace(
+        &format!("password = \"{APP_PASSWORD}\"\n"),
+        &format!("password = \"{APP_PASSWORD}\"\nauth = \"trust\"\n"),
+    );
+    let proxy = support::ProxyProcess::start(&config);
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut bytes = startup_packet(&[("user", APP_USER), ("database", APP_DB)]);
+    bytes.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0");
+    stream.write_all(&bytes).await.unwrap();
+    let mut readies = 0;
+    while readies < 2 {
+        match read_message(&mut stream).await {
+            (b'Z', _) => readies += 1,
+            (b'E', body) => panic!("{}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    // The pipelined query was counted, so its answer leaves the session idle.
+    let started = std::time::Instant::now();
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(5), read_message(&mut stream))
+        .await
+        .expect("the idle session was not closed");
+    assert_eq!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+    assert!(body.windows(6).any(|w| w == b"C57P05"));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}

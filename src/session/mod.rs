@@ -268,19 +268,15 @@ async fn finish(
     shutdown: &Shutdown,
     activity: Activity,
 ) {
-    // A client may pipeline its first query behind the startup packet.
-    if !early_client_bytes.is_empty() && server.stream.write_all(&early_client_bytes).await.is_err()
-    {
-        return;
-    }
     let end = relay::relay(
         &mut client,
         &mut server.stream,
+        // A client may pipeline its first query behind the startup packet.
+        &early_client_bytes,
         server_config.max_message_size,
         idle::IdleTimeout::new(server_config.client_idle_timeout),
         &activity,
-        &shutdown.draining,
-        &shutdown.hard_stop,
+        shutdown,
     )
     .await;
     tracing::debug!(?end, server = %server.addr, "session ended");

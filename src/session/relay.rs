@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::idle::IdleTimeout;
 use crate::protocol::{FrameScanner, ProtocolError};
+use crate::proxy::Shutdown;
 use crate::tls::{ClientStream, ServerStream};
 
 /// Bytes read per syscall in each direction.
@@ -137,21 +137,27 @@ impl Activity {
     }
 }
 
-/// Relays between `client` and `server` until one side ends, shutdown
-/// asks the session to stop, or the client sits idle past `idle`.
+/// Relays between `client` and `server`, starting with the client's
+/// `early` bytes (pipelined behind its startup packet), until one side
+/// ends, shutdown asks the session to stop, or the client sits idle past
+/// `idle`.
 pub async fn relay(
     client: &mut ClientStream,
     server: &mut ServerStream,
+    early: &[u8],
     limit: usize,
     mut idle: IdleTimeout,
     activity: &Activity,
-    draining: &CancellationToken,
-    hard_stop: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> RelayEnd {
+    let Shutdown {
+        draining,
+        hard_stop,
+    } = shutdown;
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     let track_idle = idle.is_enabled();
-    let upstream = client_to_server(&mut client_read, &mut server_write, limit, activity);
+    let upstream = client_to_server(&mut client_read, &mut server_write, early, limit, activity);
     let downstream = server_to_client(
         &mut server_read,
         &mut client_write,
@@ -181,6 +187,7 @@ pub async fn relay(
 async fn client_to_server<R, W>(
     reader: &mut R,
     writer: &mut W,
+    early: &[u8],
     limit: usize,
     activity: &Activity,
 ) -> RelayEnd
@@ -190,36 +197,54 @@ where
 {
     let mut buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
     let mut scanner = FrameScanner::new(limit);
+    // What the client pipelined behind its startup packet goes through the
+    // same scanner: its requests count, and the scanner stays aligned.
+    if !early.is_empty()
+        && let Some(end) = forward(&mut scanner, early, writer, activity).await
+    {
+        return end;
+    }
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return RelayEnd::ClientGone,
             Ok(n) => n,
         };
         activity.received.inc_by(n as u64);
-        activity.idle_since.store(BUSY, Relaxed);
-        let mut requests = 0;
-        let mut terminated = false;
-        let scanned = scanner.scan(&buf[..n], |tag, _| match tag {
-            b'Q' | b'S' | b'F' => requests += 1,
-            b'X' => terminated = true,
-            _ => {}
-        });
-        if let Err(error) = scanned {
-            return RelayEnd::ClientProtocol(error);
-        }
-        if requests > 0 {
-            activity.requests.fetch_add(requests, Relaxed);
-            activity.queries.inc_by(requests);
-        }
-        if writer.write_all(&buf[..n]).await.is_err() {
-            return RelayEnd::ServerGone {
-                fatal_relayed: false,
-            };
-        }
-        if terminated {
-            return RelayEnd::ClientTerminated;
+        if let Some(end) = forward(&mut scanner, &buf[..n], writer, activity).await {
+            return end;
         }
     }
+}
+
+/// Scans client bytes, counts their requests and writes them to the
+/// server; `Some` when the relay must stop.
+async fn forward<W: AsyncWrite + Unpin>(
+    scanner: &mut FrameScanner,
+    bytes: &[u8],
+    writer: &mut W,
+    activity: &Activity,
+) -> Option<RelayEnd> {
+    activity.idle_since.store(BUSY, Relaxed);
+    let mut requests = 0;
+    let mut terminated = false;
+    let scanned = scanner.scan(bytes, |tag, _| match tag {
+        b'Q' | b'S' | b'F' => requests += 1,
+        b'X' => terminated = true,
+        _ => {}
+    });
+    if let Err(error) = scanned {
+        return Some(RelayEnd::ClientProtocol(error));
+    }
+    if requests > 0 {
+        activity.requests.fetch_add(requests, Relaxed);
+        activity.queries.inc_by(requests);
+    }
+    if writer.write_all(bytes).await.is_err() {
+        return Some(RelayEnd::ServerGone {
+            fatal_relayed: false,
+        });
+    }
+    terminated.then_some(RelayEnd::ClientTerminated)
 }
 
 async fn server_to_client<R, W>(
