@@ -5,7 +5,16 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
+use switchyard::protocol::messages::error_code;
 use switchyard::protocol::{FrameScanner, read_frame, read_startup_packet};
+use switchyard::router::access::{self, WriteFunctions};
+use switchyard::router::effects::session_effects_bytes;
+use switchyard::session::transaction::request::inspect;
+use switchyard::session::transaction::statements::{
+    self, ClientStatement, ClientStatements, read_bind, read_parse, read_target,
+};
+use switchyard::tls::CertificateNames;
+use switchyard::topology::LearnedWrites;
 
 const LIMIT: usize = 4096;
 
@@ -37,6 +46,33 @@ proptest! {
         prop_assert!(buf.capacity() <= data.len().max(LIMIT) + 64);
         let mut scanner = FrameScanner::new(LIMIT);
         let _ = scanner.scan(&data, |_, head| assert!(head.len() <= 8));
+    }
+
+    /// The message bodies the proxy decodes and the client certificate
+    /// names, as the fuzz target `decoders` feeds them.
+    #[test]
+    fn message_decoders_and_certificate_names_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let functions = WriteFunctions::default();
+        let mut known = ClientStatements::default();
+        for name in ["s1", "P_0", ""] {
+            let body = format!("{name}\0SELECT 1\0\0\0");
+            let parse = read_parse(body.as_bytes()).unwrap();
+            known.define(name.as_bytes(), ClientStatement::from_parse(&parse, &functions));
+        }
+        let _ = read_parse(&data);
+        let _ = read_bind(&data);
+        let _ = read_target(&data, "Describe");
+        let _ = error_code(&data);
+        let _ = statements::rename_in_error(&data, &known);
+        let _ = access::classify(&data, &functions);
+        let _ = access::hint(&data);
+        let _ = access::route_setting(&data);
+        let _ = session_effects_bytes(&data);
+        let request = inspect(&data, LIMIT, &known, &functions, &LearnedWrites::default());
+        prop_assert!(request.len <= data.len());
+        let _ = CertificateNames::from_der(&data);
     }
 
     #[test]

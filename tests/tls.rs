@@ -399,6 +399,43 @@ async fn proxy_verifies_the_node_certificate_as_server_tls_mode_says() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn proxy_refuses_an_expired_node_certificate_naming_the_reason() {
+    let ca = TestCa::new("node CA");
+    let expired = ca.issue_expired("node", &["localhost"]);
+    let cluster = LocalCluster::start(&ClusterSpec {
+        tls: Some(expired.node_tls()),
+        ..spec()
+    })
+    .expect("start TLS cluster");
+    let port = cluster.primary().port;
+    let ca_file = format!("ca_file = \"{}\"", ca.ca_path().display());
+    for mode in ["verify-ca", "verify-full"] {
+        let proxy = proxy_to(
+            &cluster,
+            &format!("localhost:{port}"),
+            &format!("mode = \"{mode}\"\n{ca_file}"),
+        );
+        let error = server_side_ssl(&proxy)
+            .await
+            .expect_err("expired node certificate accepted");
+        // 08006 from the login, or 57P03 when the probes refused the
+        // node first (then no primary is verified); either names the reason.
+        assert!(
+            [SqlState::CONNECTION_FAILURE, SqlState::CANNOT_CONNECT_NOW]
+                .iter()
+                .any(|code| error.code() == Some(code)),
+            "{error:?}"
+        );
+        let text = message(&error);
+        assert!(text.contains("TLS with server"), "{mode}: {text}");
+        assert!(text.to_lowercase().contains("expired"), "{mode}: {text}");
+    }
+    // require does not check the certificate, as libpq's sslmode=require.
+    let proxy = proxy_to(&cluster, &format!("localhost:{port}"), "mode = \"require\"");
+    assert!(server_side_ssl(&proxy).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn require_fails_and_prefer_falls_back_when_the_node_has_no_tls() {
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     let node = cluster.primary().addr();
@@ -491,5 +528,70 @@ password = "{APP_PASSWORD}"
             assert_ne!(count("true"), "0");
             assert_eq!(count("false"), "0");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_must_name_the_user_when_client_cert_user_is_cn() {
+    let client_ca = TestCa::new("client CA");
+    let (h, ca) = tls_harness(
+        "allow",
+        &format!(
+            "client_ca = \"{}\"\nclient_cert_user = \"cn\"\n[tls.client_cert_map]\n\"deploy-bot\" = [\"{APP_USER}\"]",
+            client_ca.ca_path().display()
+        ),
+    );
+    let config = pg_config(&h, "localhost");
+    let login = |cert: &support::tls::Issued| {
+        let tls = client_config(&ca.ca_path(), Some(cert));
+        let config = config.clone();
+        async move { connect_tls(&config, tls).await }
+    };
+
+    // Someone else's certificate (CA-signed, so the handshake succeeds) is
+    // refused with 28000 before any server connection is opened.
+    let mallory = client_ca.issue("mallory", &["mallory"]);
+    let error = login(&mallory).await.expect_err("mallory logged in as app");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{error:?}"
+    );
+    let text = message(&error);
+    assert!(
+        text.contains("certificate authentication failed for user \"app\"")
+            && text.contains("\"mallory\""),
+        "{text}"
+    );
+    // A plaintext client (tls.mode = "allow") has no certificate at all.
+    let error = tokio_postgres::connect(&h.proxy_dsn(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("plaintext client logged in without a certificate");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    assert!(
+        message(&error).contains("no client certificate"),
+        "{error:?}"
+    );
+    let log = h.cluster.primary().log();
+    assert!(
+        !log.contains("user=app database=appdb"),
+        "a refused client reached the server:\n{log}"
+    );
+
+    // The user's own certificate, and one the map lets stand for it, log in.
+    for cert in [
+        client_ca.issue("app", &[APP_USER]),
+        client_ca.issue("bot", &["deploy-bot"]),
+    ] {
+        let client = login(&cert).await.expect("certificate naming the user");
+        let row = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, &str>(0), APP_USER);
     }
 }

@@ -118,6 +118,10 @@ pub struct ServerConfig {
     /// Most client connections open at once (0: no limit); beyond it new
     /// clients get 53300 at once.
     pub max_client_connections: usize,
+    /// A client idle between transactions longer than this is closed with
+    /// FATAL 57P05 (zero: never).
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +137,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             worker_threads: 0,
             max_client_connections: 10_000,
+            client_idle_timeout: Duration::ZERO,
         }
     }
 }
@@ -302,6 +307,36 @@ pub struct TlsConfig {
     /// PEM CA certificates; when set, TLS clients must present a
     /// certificate that chains to one of them (mTLS).
     pub client_ca: Option<String>,
+    /// Which users a client certificate may log in as.
+    pub client_cert_user: ClientCertUser,
+    /// Certificate name → users it may log in as besides its own name.
+    pub client_cert_map: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// `tls.client_cert_user`: how a client certificate's names limit the
+/// users it may log in as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientCertUser {
+    /// Any user (the certificate only has to chain to `client_ca`).
+    #[default]
+    Off,
+    /// The subject's commonName must be the user (PostgreSQL's
+    /// `clientcert=verify-full`).
+    Cn,
+    /// The commonName or a subjectAltName DNS name or email address.
+    CnOrSan,
+}
+
+impl ClientCertUser {
+    /// The value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Cn => "cn",
+            Self::CnOrSan => "cn-or-san",
+        }
+    }
 }
 
 /// `[server_tls]`: TLS from the proxy to the PostgreSQL nodes.
@@ -567,6 +602,19 @@ impl Config {
             return Err(ConfigError::invalid(
                 "tls.key",
                 "tls.cert and tls.key go together",
+            ));
+        }
+        if self.tls.client_cert_user != ClientCertUser::Off && self.tls.client_ca.is_none() {
+            return Err(ConfigError::invalid(
+                "tls.client_cert_user",
+                "needs tls.client_ca (only certificates chained to it are matched to users)",
+            ));
+        }
+        if !self.tls.client_cert_map.is_empty() && self.tls.client_cert_user == ClientCertUser::Off
+        {
+            return Err(ConfigError::invalid(
+                "tls.client_cert_map",
+                "used only with tls.client_cert_user = \"cn\" or \"cn-or-san\"",
             ));
         }
         if self.server_tls.mode.verifies() && self.server_tls.ca_file.is_none() {
@@ -865,6 +913,49 @@ mod tests {
         let text = MINIMAL.replace("password = \"secret\"", "password = \"SCRAM-SHA-256$x\"");
         let err = load(&text).unwrap_err();
         assert!(err.to_string().starts_with("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn client_idle_timeout_is_off_by_default_and_takes_durations() {
+        assert_eq!(
+            load(MINIMAL).unwrap().server.client_idle_timeout,
+            Duration::ZERO
+        );
+        let config = load(&format!(
+            "[server]\nclient_idle_timeout = \"5m\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.server.client_idle_timeout, Duration::from_secs(300));
+        let vars = vec![(
+            "SWITCHYARD_SERVER_CLIENT_IDLE_TIMEOUT".to_owned(),
+            "30s".to_owned(),
+        )];
+        let config = Config::from_toml(MINIMAL, Path::new("t"), vars).unwrap();
+        assert_eq!(config.server.client_idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn client_cert_user_needs_a_client_ca_and_the_map_needs_a_rule() {
+        let tls = "[tls]\nmode = \"require\"\ncert = \"c\"\nkey = \"k\"\n";
+        let err = load(&format!("{MINIMAL}\n{tls}client_cert_user = \"cn\"\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("tls.client_cert_user: needs tls.client_ca"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{MINIMAL}\n{tls}client_ca = \"ca\"\n[tls.client_cert_map]\nbot = [\"app\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("tls.client_cert_map"), "{err}");
+        let config = load(&format!(
+            "{MINIMAL}\n{tls}client_ca = \"ca\"\nclient_cert_user = \"cn-or-san\"\n[tls.client_cert_map]\nbot = [\"app\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tls.client_cert_user, ClientCertUser::CnOrSan);
+        assert_eq!(config.tls.client_cert_map["bot"], ["app"]);
+        let err = load(&format!("{MINIMAL}\n{tls}client_cert_user = \"dn\"\n")).unwrap_err();
+        assert!(err.to_string().contains("client_cert_user"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,11 @@ impl FrameScanner {
         }
     }
 
+    /// The largest frame accepted.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// True when every byte seen so far belongs to a complete frame, so a
     /// message written now would not split one.
     pub fn at_boundary(&self) -> bool {

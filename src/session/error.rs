@@ -9,7 +9,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::io::ReadError;
 use crate::protocol::messages::ClientError;
 use crate::router::target::NoPrimary;
-use crate::tls::TlsError;
+use crate::tls::{CertUserError, TlsError};
 
 /// A session that could not start or had to stop.
 #[derive(Debug, Error)]
@@ -57,6 +57,9 @@ pub enum SessionError {
     /// The user's `max_connections` clients are connected already.
     #[error("too many connections for role \"{0}\"")]
     TooManyForUser(String),
+    /// The client certificate does not name the user (`tls.client_cert_user`).
+    #[error("{0}")]
+    ClientCertificate(#[from] CertUserError),
     /// Auth passthrough could not fetch the user's verifier.
     #[error("could not look up user \"{user}\" for authentication: {reason}")]
     AuthLookup {
@@ -101,7 +104,8 @@ impl SessionError {
             Self::Protocol(e) => fatal("08P01", e.to_string()),
             Self::Auth(ScramError::ChannelBindingUnsupported)
             | Self::Auth(ScramError::ChannelBindingMismatch(_))
-            | Self::TlsRequired => fatal("28000", self.to_string()),
+            | Self::TlsRequired
+            | Self::ClientCertificate(_) => fatal("28000", self.to_string()),
             Self::TooManyClients(_) | Self::TooManyForUser(_) => fatal("53300", self.to_string()),
             Self::AuthLookup { .. } => fatal("08006", self.to_string()),
             Self::Tls(_) => None,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod idle;
 mod negotiate;
 mod passthrough;
 mod relay;
@@ -27,13 +28,14 @@ pub use scram::{
 pub use startup::{Opening, read_opening};
 
 use crate::backend::{self, Secret, ServerConnection};
+use crate::config::{ClientCertUser, TlsConfig};
 use crate::listener::cancel::{CancelTarget, send_cancel};
 use crate::listener::limits::{ClientSlot, UserSlot};
 use crate::protocol::StartupPacket;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
 use crate::router::target::wait_for_primary;
-use crate::tls::ClientStream;
+use crate::tls::{CertUserError, ClientStream};
 use negotiate::{Opened, Refused};
 use relay::{Activity, RelayEnd};
 
@@ -115,7 +117,6 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         return;
     }
     tracing::debug!(%peer, user, server = %server.addr, "session started");
-    let limit = server_config.max_message_size;
     let mut early_client_bytes = buf;
     loop {
         // Resolved once per server connection: the relay then only adds to it.
@@ -124,8 +125,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         let end = relay_to(
             &mut client,
             &mut server,
-            std::mem::take(&mut early_client_bytes),
-            limit,
+            &std::mem::take(&mut early_client_bytes),
+            server_config,
             &shutdown,
             &activity,
         )
@@ -220,25 +221,20 @@ async fn reattach(
 async fn relay_to(
     client: &mut ClientStream,
     server: &mut ServerConnection,
-    early_client_bytes: BytesMut,
-    limit: usize,
+    early_client_bytes: &[u8],
+    server_config: &crate::config::ServerConfig,
     shutdown: &Shutdown,
     activity: &Activity,
 ) -> RelayEnd {
-    // A client may pipeline its first query behind the startup packet.
-    if !early_client_bytes.is_empty() && server.stream.write_all(&early_client_bytes).await.is_err()
-    {
-        return RelayEnd::ServerGone {
-            fatal_relayed: false,
-        };
-    }
     relay::relay(
         client,
         &mut server.stream,
-        limit,
+        // A client may pipeline its first query behind the startup packet.
+        early_client_bytes,
+        server_config.max_message_size,
+        idle::IdleTimeout::new(server_config.client_idle_timeout),
         activity,
-        &shutdown.draining,
-        &shutdown.hard_stop,
+        shutdown,
     )
     .await
 }
@@ -298,6 +294,10 @@ async fn admit(
         return reject(&mut client, peer, &error).await;
     };
     let user = StartupPacket::param(&params, "user").unwrap_or_default();
+    // Before authentication: auth passthrough would open a server connection.
+    if let Err(error) = certificate_allows(&client, &settings.config.tls, &user) {
+        return reject(&mut client, peer, &error.into()).await;
+    }
     let login = tokio::time::timeout_at(
         deadline,
         auth::authenticate(
@@ -333,6 +333,31 @@ async fn admit(
         secret: authenticated.secret,
         _slots: (client_slot, user_slot),
     })
+}
+
+/// Checks `tls.client_cert_user`: the client's certificate (none on a
+/// plaintext connection) must name `user`.
+fn certificate_allows(
+    client: &ClientStream,
+    tls: &TlsConfig,
+    user: &str,
+) -> Result<(), CertUserError> {
+    if tls.client_cert_user == ClientCertUser::Off {
+        return Ok(());
+    }
+    let check = |cert: Option<&[u8]>| {
+        crate::tls::check_user(tls.client_cert_user, &tls.client_cert_map, cert, user)
+    };
+    client
+        .with_tls(|stream| {
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first());
+            check(leaf.map(|cert| cert.as_ref()))
+        })
+        .unwrap_or_else(|| check(None))
 }
 
 /// Ends a session-mode session the way `end` calls for.
@@ -375,6 +400,7 @@ async fn finish(
             "08P01",
             format!("server {} sent an invalid message: {error}", server.addr),
         )),
+        RelayEnd::IdleTimeout => tell_client(ClientError::fatal(idle::SQLSTATE, idle::MESSAGE)),
         RelayEnd::DrainedIdle | RelayEnd::HardStop => {
             if busy {
                 send_cancel(target).await;
@@ -403,6 +429,7 @@ async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionE
             | SessionError::TooManyClients(_)
             | SessionError::TooManyForUser(_)
             | SessionError::AuthLookup { .. }
+            | SessionError::ClientCertificate(_)
     ) {
         tracing::info!(%peer, %error, "client rejected");
     } else {

@@ -9,19 +9,24 @@
 //! a session holds at most one buffer per direction in flight.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
+use super::idle::IdleTimeout;
 use super::transaction::complete_frame;
 use super::transaction::statements::read_parse;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::{FrameScanner, ProtocolError};
+use crate::proxy::Shutdown;
 use crate::router::effects::session_effects_bytes;
 use crate::tls::{ClientStream, ServerStream};
 
 /// Bytes read per syscall in each direction.
 const BUFFER_LEN: usize = 16 * 1024;
+/// `Activity::idle_since` while the client is not idle.
+const BUSY: u64 = u64::MAX;
 
 /// Why a relay stopped.
 #[derive(Debug)]
@@ -49,6 +54,8 @@ pub enum RelayEnd {
     ServerProtocol(ProtocolError),
     /// Shutdown began and the session reached an idle point.
     DrainedIdle,
+    /// The client sat idle longer than `server.client_idle_timeout`.
+    IdleTimeout,
     /// The shutdown timeout expired.
     HardStop,
 }
@@ -62,6 +69,10 @@ pub struct Activity {
     status: AtomicU8,
     client_at_boundary: AtomicBool,
     close_when_idle: AtomicBool,
+    /// When the client last became idle (a ReadyForQuery "idle" relayed,
+    /// nothing sent since), in nanoseconds after `born`; [`BUSY`] otherwise.
+    idle_since: AtomicU64,
+    born: Instant,
     /// The client left state on its server that a new connection would
     /// lack (see [`ServerState`]).
     stateful: AtomicBool,
@@ -81,6 +92,9 @@ impl Default for Activity {
             status: AtomicU8::new(b'I'),
             client_at_boundary: AtomicBool::new(true),
             close_when_idle: AtomicBool::new(false),
+            // A session starts idle: its greeting ended with ReadyForQuery.
+            idle_since: AtomicU64::new(0),
+            born: Instant::now(),
             stateful: AtomicBool::new(false),
             received: detached_counter(),
             sent: detached_counter(),
@@ -127,22 +141,53 @@ impl Activity {
     pub fn can_move(&self) -> bool {
         self.is_idle() && self.client_at_boundary() && !self.stateful.load(Relaxed)
     }
+
+    /// Since when the client has been idle between transactions, if it is
+    /// (and a message to it would not split a frame).
+    pub fn idle_since(&self) -> Option<Instant> {
+        let nanos = self.idle_since.load(Relaxed);
+        (nanos != BUSY && self.is_idle() && self.client_at_boundary())
+            .then(|| self.born + Duration::from_nanos(nanos))
+    }
+
+    /// Notes that the client became idle now, unless it already was (a
+    /// notification relayed to an idle client does not restart its clock).
+    fn note_idle(&self) {
+        if self.idle_since.load(Relaxed) == BUSY {
+            let nanos = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(BUSY - 1);
+            self.idle_since.store(nanos, Relaxed);
+        }
+    }
 }
 
-/// Relays between `client` and `server` until one side ends or shutdown
-/// asks the session to stop.
+/// Relays between `client` and `server`, starting with the client's
+/// `early` bytes (pipelined behind its startup packet), until one side
+/// ends, shutdown asks the session to stop, or the client sits idle past
+/// `idle`.
 pub async fn relay(
     client: &mut ClientStream,
     server: &mut ServerStream,
+    early: &[u8],
     limit: usize,
+    mut idle: IdleTimeout,
     activity: &Activity,
-    draining: &CancellationToken,
-    hard_stop: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> RelayEnd {
+    let Shutdown {
+        draining,
+        hard_stop,
+    } = shutdown;
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
-    let upstream = client_to_server(&mut client_read, &mut server_write, limit, activity);
-    let downstream = server_to_client(&mut server_read, &mut client_write, limit, activity);
+    let track_idle = idle.is_enabled();
+    let upstream = client_to_server(&mut client_read, &mut server_write, early, limit, activity);
+    let downstream = server_to_client(
+        &mut server_read,
+        &mut client_write,
+        limit,
+        activity,
+        track_idle,
+    );
     tokio::pin!(upstream, downstream);
     let mut drain_noticed = false;
     loop {
@@ -157,6 +202,7 @@ pub async fn relay(
                 }
             }
             () = hard_stop.cancelled() => return RelayEnd::HardStop,
+            () = idle.expired(|| activity.idle_since()) => return RelayEnd::IdleTimeout,
         }
     }
 }
@@ -164,6 +210,7 @@ pub async fn relay(
 async fn client_to_server<R, W>(
     reader: &mut R,
     writer: &mut W,
+    early: &[u8],
     limit: usize,
     activity: &Activity,
 ) -> RelayEnd
@@ -173,49 +220,69 @@ where
 {
     let mut buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
     let mut scanner = FrameScanner::new(limit);
-    let mut server_state = ServerState::default();
+    let mut state = ServerState::default();
+    // What the client pipelined behind its startup packet goes through the
+    // same scanner: its requests count, and the scanner stays aligned.
+    if !early.is_empty()
+        && let Some(end) = forward(&mut scanner, &mut state, early, writer, activity).await
+    {
+        return end;
+    }
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return RelayEnd::ClientGone,
             Ok(n) => n,
         };
         activity.received.inc_by(n as u64);
-        let at_frame_start = scanner.at_boundary();
-        let mut requests = 0;
-        let mut statements = false;
-        let mut terminated = false;
-        let scanned = scanner.scan(&buf[..n], |tag, _| match tag {
-            b'Q' | b'F' => {
-                requests += 1;
-                statements = true;
-            }
-            b'S' => requests += 1,
-            b'P' | b'C' => statements = true,
-            b'X' => terminated = true,
-            _ => {}
-        });
-        if let Err(error) = scanned {
-            return RelayEnd::ClientProtocol(error);
-        }
-        if requests > 0 {
-            activity.requests.fetch_add(requests, Relaxed);
-            activity.queries.inc_by(requests);
-        }
-        // Lexed only until lasting state is found: such a session costs
-        // nothing more per message.
-        if statements && !server_state.lasting {
-            server_state.note(&buf[..n], at_frame_start, limit);
-            activity.stateful.store(server_state.is_some(), Relaxed);
-        }
-        if writer.write_all(&buf[..n]).await.is_err() {
-            return RelayEnd::ServerGone {
-                fatal_relayed: false,
-            };
-        }
-        if terminated {
-            return RelayEnd::ClientTerminated;
+        if let Some(end) = forward(&mut scanner, &mut state, &buf[..n], writer, activity).await {
+            return end;
         }
     }
+}
+
+/// Scans client bytes, counts their requests and writes them to the
+/// server; `Some` when the relay must stop.
+async fn forward<W: AsyncWrite + Unpin>(
+    scanner: &mut FrameScanner,
+    state: &mut ServerState,
+    bytes: &[u8],
+    writer: &mut W,
+    activity: &Activity,
+) -> Option<RelayEnd> {
+    activity.idle_since.store(BUSY, Relaxed);
+    let at_frame_start = scanner.at_boundary();
+    let mut requests = 0;
+    let mut statements = false;
+    let mut terminated = false;
+    let scanned = scanner.scan(bytes, |tag, _| match tag {
+        b'Q' | b'F' => {
+            requests += 1;
+            statements = true;
+        }
+        b'S' => requests += 1,
+        b'P' | b'C' => statements = true,
+        b'X' => terminated = true,
+        _ => {}
+    });
+    if let Err(error) = scanned {
+        return Some(RelayEnd::ClientProtocol(error));
+    }
+    if requests > 0 {
+        activity.requests.fetch_add(requests, Relaxed);
+        activity.queries.inc_by(requests);
+    }
+    // Lexed only until lasting state is found: such a session costs
+    // nothing more per message.
+    if statements && !state.lasting {
+        state.note(bytes, at_frame_start, scanner.limit());
+        activity.stateful.store(state.is_some(), Relaxed);
+    }
+    if writer.write_all(bytes).await.is_err() {
+        return Some(RelayEnd::ServerGone {
+            fatal_relayed: false,
+        });
+    }
+    terminated.then_some(RelayEnd::ClientTerminated)
 }
 
 async fn server_to_client<R, W>(
@@ -223,6 +290,7 @@ async fn server_to_client<R, W>(
     writer: &mut W,
     limit: usize,
     activity: &Activity,
+    track_idle: bool,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
@@ -237,10 +305,12 @@ where
             Ok(n) => n,
         };
         let idle_before = activity.is_idle();
+        let mut ready = false;
         let scanned = scanner.scan(&buf[..n], |tag, head| {
             fatal_relayed =
                 tag == b'E' && (head.starts_with(b"SFATAL") || head.starts_with(b"SPANIC"));
             if tag == b'Z' {
+                ready = true;
                 activity.readies.fetch_add(1, Relaxed);
                 activity
                     .status
@@ -254,6 +324,11 @@ where
             return RelayEnd::ServerLeftIdle {
                 farewell: buf[..n].to_vec(),
             };
+        }
+        // Once per transaction: the clock starts as its last ReadyForQuery
+        // goes out (PostgreSQL arms idle_session_timeout there too).
+        if track_idle && ready && activity.is_idle() && scanner.at_boundary() {
+            activity.note_idle();
         }
         activity.client_at_boundary.store(false, Relaxed);
         if writer.write_all(&buf[..n]).await.is_err() {

@@ -176,15 +176,24 @@ mod tests {
 
     use sha2::{Digest, Sha256};
 
-    fn write_cert(dir: &std::path::Path, name: &str) -> Arc<[u8]> {
+    /// A self-signed certificate for `name`: (cert PEM, key PEM, end-point hash).
+    fn make_cert(name: &str) -> (String, String, Arc<[u8]>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
-        Sha256::digest(cert.der()).to_vec().into()
+        let hash = Sha256::digest(cert.der()).to_vec().into();
+        (cert.pem(), key.serialize_pem(), hash)
+    }
+
+    fn write_cert(
+        dir: &std::path::Path,
+        (cert, key, hash): &(String, String, Arc<[u8]>),
+    ) -> Arc<[u8]> {
+        std::fs::write(dir.join("c.pem"), cert).unwrap();
+        std::fs::write(dir.join("k.pem"), key).unwrap();
+        Arc::clone(hash)
     }
 
     fn files(dir: &std::path::Path) -> TlsFiles {
@@ -198,11 +207,14 @@ mod tests {
     #[test]
     fn changed_files_are_loaded_at_the_next_check_and_bad_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
-        let first = write_cert(dir.path(), "first");
+        // Made ahead: within the check interval there is only time to
+        // write files, even on a loaded machine.
+        let next = make_cert("second-name-longer");
+        let first = write_cert(dir.path(), &make_cert("first"));
         let acceptor = Acceptor::load(files(dir.path())).unwrap();
         assert_eq!(acceptor.current().end_point_hash, first);
 
-        let second = write_cert(dir.path(), "second-name-longer");
+        let second = write_cert(dir.path(), &next);
         // Within the check interval nothing is looked at.
         assert_eq!(acceptor.current().end_point_hash, first);
         std::thread::sleep(RELOAD_CHECK_INTERVAL);

@@ -4,6 +4,8 @@
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+use super::der::{OID, SEQUENCE, element};
+
 /// ecdsa-with-SHA384 (1.2.840.10045.4.3.3).
 const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
 /// ecdsa-with-SHA512 (1.2.840.10045.4.3.4).
@@ -25,33 +27,11 @@ pub fn end_point_hash(cert: &[u8]) -> Vec<u8> {
 /// The OID of `Certificate.signatureAlgorithm`:
 /// `SEQUENCE { tbsCertificate SEQUENCE, signatureAlgorithm SEQUENCE { OID, .. }, .. }`.
 fn signature_oid(cert: &[u8]) -> Option<&[u8]> {
-    let (certificate, _) = element(cert, 0x30)?;
-    let (_, after_tbs) = element(certificate, 0x30)?;
-    let (algorithm, _) = element(after_tbs, 0x30)?;
-    let (oid, _) = element(algorithm, 0x06)?;
+    let (certificate, _) = element(cert, SEQUENCE)?;
+    let (_, after_tbs) = element(certificate, SEQUENCE)?;
+    let (algorithm, _) = element(after_tbs, SEQUENCE)?;
+    let (oid, _) = element(algorithm, OID)?;
     Some(oid)
-}
-
-/// Splits one DER element with `tag` off the front: (its contents, the rest).
-fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&first, rest) = input.split_first()?;
-    if first != tag {
-        return None;
-    }
-    let (&len_byte, rest) = rest.split_first()?;
-    let (len, rest) = if len_byte < 0x80 {
-        (usize::from(len_byte), rest)
-    } else {
-        let count = usize::from(len_byte & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let len = rest[..count]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, &rest[count..])
-    };
-    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ mod local;
 mod node_pools;
 pub mod pins;
 mod relay;
-mod request;
+pub mod request;
 mod settings;
-pub(crate) mod statements;
+pub mod statements;
 mod tracker;
 
 use std::sync::Arc;
@@ -359,7 +359,8 @@ struct Routed {
 
 impl TransactionSession {
     async fn run(mut self, shutdown: &Shutdown) {
-        let mut watch = ShutdownWatch::new(shutdown);
+        let idle_timeout = self.proxy.config.server.client_idle_timeout;
+        let mut watch = ShutdownWatch::new(shutdown, idle_timeout);
         loop {
             if !self.wait_for_request(&mut watch).await {
                 return;
@@ -705,9 +706,22 @@ impl TransactionSession {
             }
             // Idle clients are the many: keep their buffer small until they speak.
             self.state.client_in.reserve(512);
+            // Between transactions: the idle clock runs from here (one
+            // clock read per transaction) until the client sends anything.
+            if self.state.client_in.is_empty()
+                && self.state.idle_since.is_none()
+                && watch.idle.is_enabled()
+            {
+                self.state.idle_since = Some(tokio::time::Instant::now());
+            }
+            let idle_since = self.state.idle_since;
             let read = tokio::select! {
                 () = watch.draining.as_mut() => {
                     self.say_goodbye().await;
+                    return false;
+                }
+                () = watch.idle.expired(|| idle_since) => {
+                    self.close_idle().await;
                     return false;
                 }
                 read = self.client.read_buf(&mut self.state.client_in) => read,
@@ -715,6 +729,7 @@ impl TransactionSession {
             if !matches!(read, Ok(n) if n > 0) {
                 return false;
             }
+            self.state.idle_since = None;
         }
     }
 
@@ -796,6 +811,13 @@ impl TransactionSession {
                     return false;
                 }
                 true
+            }
+            StretchEnd::IdleTimeout => {
+                // Only a pinned client idles inside a stretch; its pinned
+                // state (temp tables, LISTEN, ...) cannot outlive it.
+                conn.discard();
+                self.close_idle().await;
+                false
             }
             StretchEnd::Terminate => {
                 let reusable = !self.state.pins.is_pinned() && self.state.tracker.is_empty();
@@ -907,6 +929,16 @@ impl TransactionSession {
                 conn.settings_fingerprint = u64::MAX;
             }
         }
+    }
+
+    /// Closes a client idle past `server.client_idle_timeout` (57P05).
+    async fn close_idle(&mut self) {
+        tracing::debug!(
+            client = self.registration.key().pid,
+            "client closed after server.client_idle_timeout"
+        );
+        let _ = self.client.write_all(&crate::session::idle::error()).await;
+        let _ = self.client.shutdown().await;
     }
 
     async fn say_goodbye(&mut self) {

@@ -15,6 +15,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::super::idle::IdleTimeout;
 use super::catalog::PoolCatalog;
 use super::pins::Pins;
 use super::statements::{self, ClientStatement, ClientStatements};
@@ -31,22 +32,26 @@ pub const HIGH_WATER: usize = 64 * 1024;
 /// Server messages at least this large are streamed rather than buffered whole.
 const STREAM_THRESHOLD: usize = 32 * 1024;
 
-/// The session's two shutdown signals as futures, registered once per
-/// session: creating a cancellation future registers a waiter under the
-/// token's lock, which must not happen per message.
+/// What ends a session from outside its traffic, set up once per session:
+/// the two shutdown signals as futures (creating a cancellation future
+/// registers a waiter under the token's lock, which must not happen per
+/// message), and the idle timeout's timer.
 pub struct ShutdownWatch {
     /// Completes when shutdown starts draining.
     pub draining: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
     /// Completes when the shutdown timeout expires.
     pub hard_stop: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    /// `server.client_idle_timeout`, judged by [`ClientState::idle_since`].
+    pub idle: IdleTimeout,
 }
 
 impl ShutdownWatch {
-    /// Watches `shutdown`'s tokens.
-    pub fn new(shutdown: &crate::proxy::Shutdown) -> Self {
+    /// Watches `shutdown`'s tokens, and idleness beyond `idle_timeout` (zero: never).
+    pub fn new(shutdown: &crate::proxy::Shutdown, idle_timeout: std::time::Duration) -> Self {
         Self {
             draining: Box::pin(shutdown.draining.clone().cancelled_owned()),
             hard_stop: Box::pin(shutdown.hard_stop.clone().cancelled_owned()),
+            idle: IdleTimeout::new(idle_timeout),
         }
     }
 }
@@ -70,6 +75,9 @@ pub enum StretchEnd {
     ServerProtocol(ProtocolError),
     /// The shutdown timeout expired.
     HardStop,
+    /// The client, pinned to its connection, sat idle past
+    /// `server.client_idle_timeout`.
+    IdleTimeout,
     /// The node stopped the request before any of it ran or any of the
     /// answer reached the client: a replica refused the read as writing
     /// (25006) or was lost, or the primary terminated it (57P01) or turned
@@ -124,6 +132,9 @@ pub struct ClientState {
     pub replay: BytesMut,
     /// Client bytes this stretch (for metrics).
     pub traffic: crate::admin::hooks::Traffic,
+    /// When the client became idle between transactions (nothing sent
+    /// since); `None` while it is not, or when no idle timeout is set.
+    pub idle_since: Option<tokio::time::Instant>,
 }
 
 /// Per-stretch scratch state.
@@ -154,6 +165,7 @@ enum Event {
     ServerWrote(std::io::Result<usize>),
     Draining,
     HardStop,
+    IdleTimeout,
 }
 
 /// Relays until the next idle point (or the end of the session).
@@ -212,6 +224,14 @@ pub async fn run(
         if idle && drain_seen {
             return StretchEnd::IdleDraining;
         }
+        // Pinned and idle: the idle timeout applies here too. The clock is
+        // read once as the client becomes idle, not per message.
+        if !idle {
+            stretch.state.idle_since = None;
+        } else if stretch.state.idle_since.is_none() && shutdown.idle.is_enabled() {
+            stretch.state.idle_since = Some(tokio::time::Instant::now());
+        }
+        let idle_since = stretch.state.idle_since;
         reserve(&mut stretch.state.client_in);
         reserve(&mut stretch.server_in);
         let s = &mut stretch;
@@ -223,9 +243,11 @@ pub async fn run(
             r = server_write.write(&s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
             r = server_read.read_buf(&mut s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
             r = client_read.read_buf(&mut s.state.client_in), if !s.gate_closed && s.to_server.len() < HIGH_WATER => Event::ClientRead(r),
+            () = shutdown.idle.expired(|| idle_since), if idle => Event::IdleTimeout,
         };
         match event {
             Event::HardStop => return StretchEnd::HardStop,
+            Event::IdleTimeout => return StretchEnd::IdleTimeout,
             Event::Draining => drain_seen = true,
             Event::ClientWrote(Ok(n)) if n > 0 => {
                 stretch.state.traffic.sent += n as u64;
