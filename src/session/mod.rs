@@ -90,6 +90,18 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     };
     // PAUSE holds new session-pooled sessions before they get a server.
     shared.pause.wait_resumed().await;
+    // Held for the session's life: its server connection counts against
+    // this pod's share of the node's connection budget.
+    let waited = settings.config.pool.checkout_timeout;
+    let Some(_budget_unit) = shared.pools.node_units(&primary).take_owned(waited).await else {
+        let error = SessionError::NodeBudget {
+            node: primary,
+            waited,
+            share: shared.pools.node_budget(),
+        };
+        reject::<()>(&mut client, peer, &error).await;
+        return;
+    };
     let server = backend::connect(
         &primary,
         &params,
@@ -172,10 +184,12 @@ async fn admit(
     let params = match opening {
         Opening::Session { params } => params,
         Opening::Cancel { pid, secret } => {
-            // As PostgreSQL: no reply either way, so a key guess learns nothing.
-            if let Some(target) = shared.cancels.lookup(pid, &secret) {
-                send_cancel(&target).await;
-            }
+            // As PostgreSQL: no reply either way, and the connection closes
+            // before the key is even looked at, so that neither an answer
+            // nor its timing tells a guessed key from a real one.
+            let _ = client.shutdown().await;
+            drop(client);
+            crate::peers::cancel::route_cancel(shared, pid, &secret).await;
             return None;
         }
         Opening::TlsRequest => {
@@ -311,6 +325,7 @@ async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionE
             | SessionError::TooManyClients(_)
             | SessionError::TooManyForUser(_)
             | SessionError::AuthLookup { .. }
+            | SessionError::NodeBudget { .. }
     ) {
         tracing::info!(%peer, %error, "client rejected");
     } else {
