@@ -494,12 +494,18 @@ fn kubernetes_manifests_carry_a_valid_config_and_probe_the_admin_port() {
         .skip(1)
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
+    // As the Deployment sets it from the Pod IP.
+    let pod_env = vec![(
+        "SWITCHYARD_PEERS_SELF_ADDRESS".to_owned(),
+        "10.244.1.17:6432".to_owned(),
+    )];
     let config = switchyard::config::Config::from_toml(
         &toml,
         std::path::Path::new("configmap.yaml"),
-        Vec::new(),
+        pod_env,
     )
     .expect("the ConfigMap's switchyard.toml is valid");
+    assert_eq!(config.peers.own_id(), 256 + 17);
     assert!(config.server.admin_listen.ends_with(":9930"));
     let deployment = std::fs::read_to_string(root.join("deployment.yaml")).unwrap();
     for needle in [
@@ -507,9 +513,16 @@ fn kubernetes_manifests_carry_a_valid_config_and_probe_the_admin_port() {
         "path: /healthz",
         "containerPort: 9930",
         "preStop",
+        "SWITCHYARD_PEERS_SELF_ADDRESS",
     ] {
         assert!(deployment.contains(needle), "deployment lacks {needle}");
     }
+    let peers = std::fs::read_to_string(root.join("service-peers.yaml")).unwrap();
+    assert!(
+        peers.contains("clusterIP: None"),
+        "peer Service is headless"
+    );
+    assert!(peers.contains(&format!("name: {}", config.peers.dns)));
 }
 
 #[test]

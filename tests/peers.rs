@@ -242,6 +242,28 @@ async fn forged_cancel_keys_cancel_nothing_and_get_no_reply() {
         "{} forged keys, slowest close {slowest:?}",
         forged.len() * 2
     );
+    // Each pod passed on exactly the keys naming the other pod, and none
+    // that carried the forwarded flag (bit 31): no second hop, no loop.
+    let naming = |peer: i32| {
+        forged
+            .iter()
+            .filter(|(pid, _)| *pid >= 0 && (pid >> 15) & 0xffff == peer)
+            .count() as f64
+    };
+    let forwarded = [("outcome", "forwarded")];
+    let counted = Duration::from_secs(2);
+    a.wait_metric(
+        "switchyard_cancel_requests_total",
+        &forwarded,
+        naming(2),
+        counted,
+    );
+    b.wait_metric(
+        "switchyard_cancel_requests_total",
+        &forwarded,
+        naming(1),
+        counted,
+    );
     // The query ran its full 2 s and succeeded.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
