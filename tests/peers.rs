@@ -437,7 +437,7 @@ fn sample_connections(peers: &[&PeerProxy], busy: &AtomicBool, seen: &mut [Vec<(
 }
 
 #[test]
-fn budget_of_30_is_split_10_each_over_3_peers_and_15_each_when_one_stops() {
+fn budget_of_30_is_10_each_over_3_peers_15_when_one_stops_10_when_it_returns() {
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     let ports = [free_port(), free_port(), free_port()];
     let ids = [1, 2, 3];
@@ -589,5 +589,92 @@ fn budget_of_30_is_split_10_each_over_3_peers_and_15_each_when_one_stops() {
         // Check interval 300 ms + check timeout 200 ms, plus scheduling.
         assert!(reached < Duration::from_millis(1500), "took {reached:?}");
         peers[i].wait_metric("switchyard_peers_live", &[], 2.0, Duration::from_secs(1));
+    }
+
+    // Phase 3: peer 3 comes back under load: 1 and 2 shrink to 10 again
+    // (idle connections closed at once, busy ones as they come back).
+    let busy = AtomicBool::new(true);
+    let mut seen = vec![Vec::new(), Vec::new()];
+    let mut joined_at = Instant::now();
+    let mut rejoined = None;
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| sample_connections(&refs, &busy, &mut seen));
+        let runs: Vec<_> = peers.iter().map(|p| run(p, "4")).collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let sections = static_peers(3, &ids, &ports) + budget;
+        rejoined = Some(start_peer(&cluster, loopback(ports[2]), server, &sections));
+        joined_at = Instant::now();
+        for child in runs {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        busy.store(false, Ordering::Relaxed);
+        sampler.join().unwrap();
+    });
+    for (i, samples) in seen.iter().enumerate() {
+        let after: Vec<_> = samples.iter().filter(|(t, _)| *t >= joined_at).collect();
+        // From this sample on, never above the new share.
+        let settled = after
+            .iter()
+            .rposition(|(_, v)| *v > 10.0)
+            .map_or(0, |last| last + 1);
+        let settled_at = after
+            .get(settled)
+            .map(|(t, _)| t.duration_since(joined_at))
+            .unwrap_or_else(|| panic!("peer {} stayed above 10", i + 1));
+        eprintln!("peer {}: back to at most 10 after {settled_at:?}", i + 1);
+        assert!(
+            settled_at < Duration::from_millis(1500),
+            "took {settled_at:?}"
+        );
+    }
+    drop(rejoined);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_pooled_clients_wait_for_the_budget_then_get_53300() {
+    let cluster = LocalCluster::start(&spec()).expect("start cluster");
+    // No [peers]: the whole budget (1 connection per node) is this pod's.
+    let pool = "\n[pool]\nmax_server_connections_per_node = 1\ncheckout_timeout = \"300ms\"\n";
+    let proxy = start_peer(&cluster, loopback(free_port()), "", pool);
+    proxy.wait_metric(
+        "switchyard_server_connection_budget",
+        &[],
+        1.0,
+        Duration::from_secs(5),
+    );
+    let first = connect(&proxy.dsn()).await;
+    first.simple_query("SELECT 1").await.unwrap();
+    let started = Instant::now();
+    let refused = tokio_postgres::connect(&proxy.dsn(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("a second session is refused while the budget is in use");
+    let waited = started.elapsed();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "{refused}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300),
+        "refused after {waited:?}"
+    );
+    // The first session leaves: its unit comes back.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio_postgres::connect(&proxy.dsn(), tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                client.simple_query("SELECT 1").await.unwrap();
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "{error}"),
+        }
     }
 }
