@@ -215,6 +215,7 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
     // Bounded labels: no query text, a fixed set of names, few series.
     let allowed: BTreeSet<String> = [
         "node", "role", "database", "user", "state", "reason", "class", "result", "version", "le",
+        "outcome",
     ]
     .iter()
     .map(|s| (*s).to_owned())
