@@ -96,6 +96,11 @@ fn static_peers(id: u16, ids: &[u16], ports: &[u16]) -> String {
     )
 }
 
+/// The tests here start several proxies each and measure timings: one at a
+/// time, so that a port one test frees is not taken by another's proxy
+/// and the load of one does not skew another's figures.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -125,6 +130,7 @@ async fn cancel_via(owner: &PeerProxy, other: &PeerProxy) -> Duration {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pg_sleep_started_through_peer_a_is_cancelled_via_peer_b_in_both_pool_modes() {
+    let _serial = SERIAL.lock().await;
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     for mode in ["session", "transaction"] {
         let ports = [free_port(), free_port()];
@@ -192,6 +198,7 @@ async fn send_cancel(addr: SocketAddr, pid: i32, secret: i32) -> (Vec<u8>, Durat
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_cancel_keys_cancel_nothing_and_get_no_reply() {
+    let _serial = SERIAL.lock().await;
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     let ports = [free_port(), free_port()];
     let a = start_peer(
@@ -383,6 +390,7 @@ fn answer(request: &Message, name: &hickory_proto::rr::Name, ips: &[Ipv4Addr]) -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peers_come_from_dns_records_and_follow_their_changes() {
+    let _serial = SERIAL.lock().await;
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     let name = "switchyard-peers.test.";
     let ips = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
@@ -438,6 +446,7 @@ fn sample_connections(peers: &[&PeerProxy], busy: &AtomicBool, seen: &mut [Vec<(
 
 #[test]
 fn budget_of_30_is_10_each_over_3_peers_15_when_one_stops_10_when_it_returns() {
+    let _serial = SERIAL.blocking_lock();
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     let ports = [free_port(), free_port(), free_port()];
     let ids = [1, 2, 3];
@@ -585,7 +594,10 @@ fn budget_of_30_is_10_each_over_3_peers_15_when_one_stops_10_when_it_returns() {
         );
         assert!(before <= 10.0, "peer {} exceeded 10 before the stop", i + 1);
         assert!(peak <= 15.0, "peer {} exceeded 15: {peak}", i + 1);
-        let reached = reached.unwrap_or_else(|| panic!("peer {} never reached 15", i + 1));
+        let reached = reached.unwrap_or_else(|| {
+            let share = peers[i].metric("switchyard_server_connection_budget", &[]);
+            panic!("peer {} never reached 15 (share now {share:?})", i + 1)
+        });
         // Check interval 300 ms + check timeout 200 ms, plus scheduling.
         assert!(reached < Duration::from_millis(1500), "took {reached:?}");
         peers[i].wait_metric("switchyard_peers_live", &[], 2.0, Duration::from_secs(1));
@@ -637,6 +649,7 @@ fn budget_of_30_is_10_each_over_3_peers_15_when_one_stops_10_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_pooled_clients_wait_for_the_budget_then_get_53300() {
+    let _serial = SERIAL.lock().await;
     let cluster = LocalCluster::start(&spec()).expect("start cluster");
     // No [peers]: the whole budget (1 connection per node) is this pod's.
     let pool = "\n[pool]\nmax_server_connections_per_node = 1\ncheckout_timeout = \"300ms\"\n";

@@ -4,7 +4,7 @@
 //! table, and re-divides `pool.max_server_connections_per_node` by the
 //! live count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +24,15 @@ use crate::proxy::Shared;
 /// `[peers]`: the budget is then this pod's alone.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut dns = DnsSource::default();
-    // Entries found by the last round of each source that succeeded: a
-    // failed lookup keeps the previous answer rather than forget peers.
-    let mut last_dns: Vec<(u16, SocketAddr)> = Vec::new();
+    // What each source last resolved to: a failed lookup keeps the
+    // previous answer rather than forget a peer (forgetting one would
+    // enlarge this pod's share while that peer may still hold its own).
+    let mut last = LastKnown::default();
     loop {
         let settings = shared.settings.load_full();
         let config = &settings.config.peers;
         let candidates = if config.enabled() {
-            gather(config, &mut dns, &mut last_dns).await
+            gather(config, &mut dns, &mut last).await
         } else {
             Vec::new()
         };
@@ -76,52 +77,74 @@ pub fn share_of(budget: usize, live: usize) -> usize {
     (budget / live.max(1)).max(1)
 }
 
+/// The last successful answer of each source.
+#[derive(Debug, Default)]
+struct LastKnown {
+    /// `peers.static` entry → the address it resolved to.
+    statics: HashMap<String, SocketAddr>,
+    dns: Vec<(u16, SocketAddr)>,
+}
+
 /// Every candidate (id, address) from the static list and DNS.
 async fn gather(
     config: &PeersConfig,
     dns: &mut DnsSource,
-    last_dns: &mut Vec<(u16, SocketAddr)>,
+    last: &mut LastKnown,
 ) -> Vec<(u16, SocketAddr)> {
-    let mut found = match static_peers(config).await {
-        Ok(found) => found,
-        Err(error) => {
-            tracing::warn!(%error, "static peer list incomplete");
-            Vec::new()
-        }
-    };
+    let mut found = static_peers(config, &mut last.statics).await;
     if !config.dns.is_empty() {
         match dns.lookup(config).await {
-            Ok(answer) => *last_dns = answer,
+            Ok(answer) => last.dns = answer,
             Err(error) => tracing::warn!(%error, "peer DNS lookup failed; keeping the last answer"),
         }
-        found.extend(last_dns.iter().copied());
+        found.extend(last.dns.iter().copied());
     }
     found
 }
 
-async fn static_peers(config: &PeersConfig) -> Result<Vec<(u16, SocketAddr)>, PeersError> {
+/// The static entries, each resolved on its own: one that fails keeps
+/// the address it last resolved to.
+async fn static_peers(
+    config: &PeersConfig,
+    last: &mut HashMap<String, SocketAddr>,
+) -> Vec<(u16, SocketAddr)> {
     let mut found = Vec::new();
     // Validated at load: a bad entry never reaches here.
     for entry in config.static_entries().unwrap_or_default() {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&entry.address)
-            .await
-            .map_err(|source| PeersError::Static {
-                address: entry.address.clone(),
-                source,
-            })?
-            .collect();
-        let Some(first) = addrs.first() else {
+        let resolved = match resolve_first(&entry.address).await {
+            Ok(addr) => {
+                last.insert(entry.address.clone(), addr);
+                Some(addr)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "keeping the peer's last known address");
+                last.get(&entry.address).copied()
+            }
+        };
+        let Some(addr) = resolved else {
             continue;
         };
-        match entry.id.or_else(|| derive_id(first.ip())) {
-            Some(id) => found.push((id, *first)),
+        match entry.id.or_else(|| derive_id(addr.ip())) {
+            Some(id) => found.push((id, addr)),
             None => tracing::warn!(
                 address = entry.address,
                 "peer IP gives id 0; give it an id (ID=host:port)"
             ),
         }
     }
-    Ok(found)
+    found
+}
+
+async fn resolve_first(address: &str) -> Result<SocketAddr, PeersError> {
+    let error = |source| PeersError::Static {
+        address: address.to_owned(),
+        source,
+    };
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(error)?
+        .next()
+        .ok_or_else(|| error(std::io::Error::other("no address")))
 }
 
 /// A resolver for `peers.dns`, rebuilt when `peers.dns_server` changes.
