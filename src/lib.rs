@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

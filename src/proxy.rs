@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::listener::limits::ClientLimits;
 use crate::listener::{accept_loop, cancel::CancelRegistry};
 use crate::metrics::{Metrics, MetricsError};
+use crate::peers::Peers;
 use crate::pool::Pools;
 use crate::router::access::WriteFunctions;
 use crate::session::transaction::Catalogs;
@@ -77,6 +78,8 @@ pub struct Shared {
     pub settings: ArcSwap<Settings>,
     /// Cancel keys of live sessions.
     pub cancels: Arc<CancelRegistry>,
+    /// The other pods, for cancel forwarding and the connection budget.
+    pub peers: Peers,
     /// Server connection pools (transaction pooling).
     pub pools: Pools,
     /// Pins by reason.
@@ -179,11 +182,14 @@ impl Proxy {
         let admin = bind_admin(&config.server.admin_listen)?;
         let metrics = Arc::new(Metrics::new()?);
         let topology = Arc::new(Topology::new(Snapshot::initial(Vec::new())));
+        // Fixed for the process's life: keys handed out carry it.
+        let own_peer_id = config.peers.own_id();
         let settings = Settings::new(config)?;
         let pools = Pools::with_parts(settings.server_tls.clone(), Arc::clone(&metrics));
         let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels: Arc::new(CancelRegistry::for_peer(own_peer_id)),
+            peers: Peers::new(own_peer_id),
             pools,
             pins: PinCounters::default(),
             catalogs: Catalogs::default(),
@@ -245,6 +251,11 @@ impl Proxy {
         ));
         let admin_stop = CancellationToken::new();
         self.start_admin(&admin_stop);
+        // Runs until the very end: cancels are forwarded during the drain too.
+        tokio::spawn(crate::peers::discovery::run(
+            Arc::clone(&self.shared),
+            admin_stop.clone(),
+        ));
         let mut workers = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let worker = Worker {

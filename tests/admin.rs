@@ -4,11 +4,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{APP_DB, APP_PASSWORD, APP_USER, ProxyProcess, connect, free_port, proxy_config};
+use support::{
+    APP_DB, APP_PASSWORD, APP_USER, ProxyProcess, connect, free_port, http_get,
+    metric_sample as sample, parse_metrics as parse, proxy_config,
+};
 use switchyard::testcluster::LocalCluster;
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
@@ -76,48 +77,6 @@ impl Admin {
         assert_eq!(status, 200);
         sample(&parse(&body), name, labels)
     }
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn parse(text: &str) -> prometheus_parse::Scrape {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
-}
-
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
 }
 
 /// The rows of a simple-query result: column names and values.
@@ -256,6 +215,7 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
     // Bounded labels: no query text, a fixed set of names, few series.
     let allowed: BTreeSet<String> = [
         "node", "role", "database", "user", "state", "reason", "class", "result", "version", "le",
+        "outcome",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -535,12 +495,18 @@ fn kubernetes_manifests_carry_a_valid_config_and_probe_the_admin_port() {
         .skip(1)
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
+    // As the Deployment sets it from the Pod IP.
+    let pod_env = vec![(
+        "SWITCHYARD_PEERS_SELF_ADDRESS".to_owned(),
+        "10.244.1.17:6432".to_owned(),
+    )];
     let config = switchyard::config::Config::from_toml(
         &toml,
         std::path::Path::new("configmap.yaml"),
-        Vec::new(),
+        pod_env,
     )
     .expect("the ConfigMap's switchyard.toml is valid");
+    assert_eq!(config.peers.own_id(), 256 + 17);
     assert!(config.server.admin_listen.ends_with(":9930"));
     let deployment = std::fs::read_to_string(root.join("deployment.yaml")).unwrap();
     for needle in [
@@ -548,9 +514,16 @@ fn kubernetes_manifests_carry_a_valid_config_and_probe_the_admin_port() {
         "path: /healthz",
         "containerPort: 9930",
         "preStop",
+        "SWITCHYARD_PEERS_SELF_ADDRESS",
     ] {
         assert!(deployment.contains(needle), "deployment lacks {needle}");
     }
+    let peers = std::fs::read_to_string(root.join("service-peers.yaml")).unwrap();
+    assert!(
+        peers.contains("clusterIP: None"),
+        "peer Service is headless"
+    );
+    assert!(peers.contains(&format!("name: {}", config.peers.dns)));
 }
 
 #[test]

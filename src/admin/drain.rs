@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::listener::cancel::send_cancel;
 use crate::protocol::StartupPacket;
 use crate::protocol::io::read_startup;
 use crate::protocol::messages::ClientError;
@@ -60,9 +59,10 @@ async fn refuse(mut stream: TcpStream, shared: &Shared) {
                 }
             }
             Ok(StartupPacket::CancelRequest { pid, secret }) => {
-                if let Some(target) = shared.cancels.lookup(pid, &secret) {
-                    send_cancel(&target).await;
-                }
+                // Closed first, as in the listener: no reply, no timing.
+                let _ = stream.shutdown().await;
+                drop(stream);
+                crate::peers::cancel::route_cancel(shared, pid, &secret).await;
                 return;
             }
             Ok(StartupPacket::Startup { .. }) => {

@@ -19,6 +19,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.worker_threads",
     "log.format",
     "log.level",
+    "peers.id",
+    "peers.self_address",
 ];
 
 /// Why a reload was refused.
@@ -110,6 +112,15 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.log.level != old.log.level {
         new.log.level.clone_from(&old.log.level);
         ignored.push("log.level");
+    }
+    // Cancel keys already handed out carry the peer id this pod started with.
+    if new.peers.id != old.peers.id {
+        new.peers.id = old.peers.id;
+        ignored.push("peers.id");
+    }
+    if new.peers.self_address != old.peers.self_address {
+        new.peers.self_address.clone_from(&old.peers.self_address);
+        ignored.push("peers.self_address");
     }
     ignored
 }

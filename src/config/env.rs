@@ -19,9 +19,10 @@ const SECTIONS: &[&str] = &[
     "auth",
     "admin",
     "log",
+    "peers",
 ];
 /// Keys whose override may be a comma-separated list instead of TOML syntax.
-const LIST_KEYS: &[&str] = &["nodes", "urls", "users"];
+const LIST_KEYS: &[&str] = &["nodes", "urls", "users", "static"];
 /// Variables with the prefix that are not config keys.
 const NOT_KEYS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_BIN"];
 

@@ -3,6 +3,7 @@
 
 mod env;
 mod error;
+mod peers;
 mod routing;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::apply_overrides;
 pub use error::ConfigError;
+pub use peers::{MAX_SESSIONS_WITH_PEERS, PeersConfig, StaticPeer, derive_id};
 pub use routing::{Consistency, DatabaseConfig, Route, RoutingConfig};
 
 /// The whole configuration file.
@@ -43,6 +45,8 @@ pub struct Config {
     pub server_tls: ServerTlsConfig,
     /// Auth passthrough: verifiers of users not in `[[users]]`, fetched from the primary.
     pub auth: AuthQueryConfig,
+    /// The other switchyard pods (cancel forwarding, shared connection budget).
+    pub peers: PeersConfig,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
@@ -163,6 +167,9 @@ pub struct PoolConfig {
     /// A connection idle longer than this is checked with a round trip before use.
     #[serde(with = "humantime_serde")]
     pub health_check_after: Duration,
+    /// Server connections all the peers together may open to one node (0:
+    /// no budget); each live peer gets an equal share.
+    pub max_server_connections_per_node: usize,
 }
 
 impl Default for PoolConfig {
@@ -174,6 +181,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             health_check_after: Duration::from_secs(30),
+            max_server_connections_per_node: 0,
         }
     }
 }
@@ -506,6 +514,7 @@ impl Config {
         self.validate_cluster()?;
         self.validate_tls()?;
         self.validate_auth_query()?;
+        self.peers.validate(self.server.max_client_connections)?;
         self.validate_admin()
     }
 

@@ -1,5 +1,12 @@
 //! CancelRequest routing: clients get proxy-issued keys, mapped here to the
 //! key of the server connection that serves them.
+//!
+//! Key layout (the BackendKeyData process id; the secret is 32 random bits
+//! per session): without peers, a 30-bit session number. With `[peers]`,
+//! bit 31 is 0, bits 30..15 are this pod's peer id and bits 14..0 the
+//! session number, so any pod can tell whose session a key names
+//! ([`crate::peers`] forwards it there). Bit 31 set marks a request one
+//! pod forwarded to another, which is never forwarded again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -46,6 +53,17 @@ struct KeyState {
     linked: AtomicBool,
 }
 
+/// Bits of the session number in a key that carries a peer id.
+pub const SESSION_BITS: u32 = 15;
+/// Set in the process id of a CancelRequest one peer forwarded to another.
+pub const FORWARDED: i32 = i32::MIN;
+
+/// The peer id a key's process id names (0: a key without one).
+pub fn peer_of(pid: i32) -> u16 {
+    // Bits 30..15 after clearing the forwarded flag: at most 16 bits.
+    ((pid & !FORWARDED) >> SESSION_BITS) as u16
+}
+
 /// Live sessions' cancel keys.
 ///
 /// A mutex, because it is touched only when a session starts or ends and
@@ -54,14 +72,13 @@ struct KeyState {
 pub struct CancelRegistry {
     sessions: Mutex<HashMap<i32, LiveKey>>,
     next_pid: AtomicU32,
+    /// This pod's peer id, in every key it issues (0: none).
+    peer: u16,
 }
 
 impl Default for CancelRegistry {
     fn default() -> Self {
-        Self {
-            sessions: Mutex::new(HashMap::new()),
-            next_pid: AtomicU32::new(rand::rng().random_range(1..1 << 30)),
-        }
+        Self::for_peer(0)
     }
 }
 
@@ -100,11 +117,40 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.key.pid);
+        let mut sessions = self.registry.lock();
+        // An unregistered key (space full) must not remove another session.
+        if sessions
+            .get(&self.key.pid)
+            .is_some_and(|(_, state)| Arc::ptr_eq(state, &self.state))
+        {
+            sessions.remove(&self.key.pid);
+        }
     }
 }
 
 impl CancelRegistry {
+    /// A registry whose keys name peer `peer` (0: keys without a peer id).
+    pub fn for_peer(peer: u16) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            next_pid: AtomicU32::new(rand::rng().random_range(1..1 << 30)),
+            peer,
+        }
+    }
+
+    /// The peer id this registry's keys carry.
+    pub fn peer(&self) -> u16 {
+        self.peer
+    }
+
+    /// The process id for session number `n`.
+    fn pid_for(&self, n: u32) -> i32 {
+        if self.peer == 0 {
+            return (n & 0x3fff_ffff) as i32;
+        }
+        ((u32::from(self.peer) << SESSION_BITS) | (n & ((1 << SESSION_BITS) - 1))) as i32
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, LiveKey>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (single inserts and removes), so a poisoned lock is still usable.
@@ -115,17 +161,28 @@ impl CancelRegistry {
     pub fn register(self: &Arc<Self>, target: CancelTarget) -> Registration {
         let secret: i32 = rand::rng().random();
         let mut sessions = self.lock();
-        let pid = loop {
-            let candidate = (self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff) as i32;
-            if candidate != 0 && !sessions.contains_key(&candidate) {
-                break candidate;
-            }
-        };
+        // Bounded: with peers the session space is 2^15 and the client
+        // limit (validated below it) keeps it from filling; should it be
+        // full anyway, the session gets a key that cancels nothing.
+        let free = (0..1u32 << SESSION_BITS).find_map(|_| {
+            let candidate = self.pid_for(self.next_pid.fetch_add(1, Ordering::Relaxed));
+            (candidate & ((1 << SESSION_BITS) - 1) != 0 && !sessions.contains_key(&candidate))
+                .then_some(candidate)
+        });
         let state = Arc::new(KeyState {
             target: ArcSwap::from_pointee(target),
             linked: AtomicBool::new(true),
         });
-        sessions.insert(pid, (secret, Arc::clone(&state)));
+        let pid = match free {
+            Some(pid) => {
+                sessions.insert(pid, (secret, Arc::clone(&state)));
+                pid
+            }
+            None => {
+                tracing::warn!("cancel key space full; this session cannot be cancelled");
+                self.pid_for(0)
+            }
+        };
         Registration {
             registry: Arc::clone(self),
             key: ClientKey { pid, secret },
@@ -145,19 +202,23 @@ impl CancelRegistry {
 /// Sends a CancelRequest for `target` to its server and waits (briefly) for
 /// the server to close, as libpq does.
 pub async fn send_cancel(target: &CancelTarget) {
+    send_cancel_request(&target.addr, target.pid, &target.secret).await;
+}
+
+/// Sends a CancelRequest for (`pid`, `secret`) to `addr` (a server, or a
+/// peer's client port) and waits up to 5 s for it to close the connection.
+pub async fn send_cancel_request(addr: &str, pid: i32, secret: &[u8]) {
     let attempt = async {
-        let mut stream = TcpStream::connect(&target.addr).await?;
-        stream
-            .write_all(&cancel_request(target.pid, &target.secret))
-            .await?;
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(&cancel_request(pid, secret)).await?;
         let mut sink = [0u8; 1];
         let _ = stream.read(&mut sink).await?;
         Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(addr = %target.addr, %error, "cancel request failed"),
-        Err(_) => tracing::warn!(addr = %target.addr, "cancel request timed out"),
+        Ok(Err(error)) => tracing::warn!(addr, %error, "cancel request failed"),
+        Err(_) => tracing::warn!(addr, "cancel request timed out"),
     }
 }
 
@@ -215,6 +276,16 @@ mod tests {
                 .lookup(key.pid, &key.secret.to_be_bytes())
                 .is_some()
         );
+    }
+
+    #[test]
+    fn keys_name_their_peer_and_the_forwarded_flag_is_masked() {
+        let registry = Arc::new(CancelRegistry::for_peer(513));
+        let registration = registry.register(target());
+        let key = registration.key();
+        assert!(key.pid > 0);
+        assert_eq!(peer_of(key.pid), 513);
+        assert_eq!(peer_of(key.pid | FORWARDED), 513);
     }
 
     #[test]

@@ -114,6 +114,17 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     /// `switchyard_paused`: 1 while PAUSE holds new transactions.
     pub paused: IntGauge,
+    /// `switchyard_cancel_requests_total{outcome}` (`cancelled`,
+    /// `forwarded`, `unknown`).
+    pub cancel_requests: IntCounterVec,
+    /// `switchyard_peers_live`: pods sharing the budget, this one included.
+    pub peers_live: IntGauge,
+    /// `switchyard_node_server_connections{node}`: server connections this
+    /// pod holds to each node, as the connection budget counts them.
+    pub node_server_connections: IntGaugeVec,
+    /// `switchyard_server_connection_budget`: this pod's share of
+    /// `pool.max_server_connections_per_node` (0: no budget).
+    pub server_connection_budget: IntGauge,
 }
 
 /// Registers `collector` in `registry` and hands it back.
@@ -309,12 +320,40 @@ impl Metrics {
                 &r,
                 IntGauge::new("paused", "1 while the admin PAUSE holds new transactions."),
             )?,
+            cancel_requests: counter_vec(
+                "cancel_requests_total",
+                "CancelRequests received, by outcome (cancelled, forwarded, unknown).",
+                &["outcome"],
+            )?,
+            peers_live: register(
+                &r,
+                IntGauge::new(
+                    "peers_live",
+                    "switchyard pods sharing the connection budget, this one included.",
+                ),
+            )?,
+            node_server_connections: gauge_vec(
+                "node_server_connections",
+                "Server connections this pod has open to each node, over all pools and session-pooled sessions (what the connection budget counts).",
+                &["node"],
+            )?,
+            server_connection_budget: register(
+                &r,
+                IntGauge::new(
+                    "server_connection_budget",
+                    "This pod's share of pool.max_server_connections_per_node (0: no budget).",
+                ),
+            )?,
             registry: r,
         };
         // Both results exist from the start, so a rate() over them works.
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        for outcome in ["cancelled", "forwarded", "unknown"] {
+            metrics.cancel_requests.with_label_values(&[outcome]);
+        }
+        metrics.peers_live.set(1);
         Ok(metrics)
     }
 
@@ -426,6 +465,11 @@ impl Metrics {
         } else {
             self.prepared_cache_misses.inc();
         }
+    }
+
+    /// A CancelRequest was served with `outcome`.
+    pub fn cancel_request(&self, outcome: &str) {
+        self.cancel_requests.with_label_values(&[outcome]).inc();
     }
 
     /// A configuration reload ended.

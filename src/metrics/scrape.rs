@@ -13,6 +13,12 @@ pub fn refresh(shared: &Shared) {
     let mut active = 0;
     let mut waiting = 0;
     metrics.server_connections.reset();
+    for (node, open) in shared.pools.node_connections() {
+        metrics
+            .node_server_connections
+            .with_label_values(&[node.as_str()])
+            .set(as_i64(open));
+    }
     for pool in shared.pools.all() {
         let key = pool.key();
         let labels = [key.node.as_str(), key.database.as_str(), key.user.as_str()];

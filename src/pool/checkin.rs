@@ -15,6 +15,9 @@ impl Pool {
         self.active.fetch_sub(1, Ordering::Relaxed);
         if self.outlived(conn.created) {
             self.close(conn, CloseReason::Lifetime);
+        } else if self.node.over_budget() {
+            // The budget share shrank (a peer joined): close down to it.
+            self.close(conn, CloseReason::Discarded);
         } else if !conn.pending.is_empty() {
             // Not idle after all: whatever those bytes are, the next
             // transaction must not read them.
@@ -22,6 +25,9 @@ impl Pool {
             self.close(conn, CloseReason::Broken(unread));
         } else {
             self.idle.push(conn);
+            // A checkout of this pool waiting on the node's budget can
+            // take this connection instead of opening one.
+            self.node.wake();
         }
     }
 
@@ -35,6 +41,7 @@ impl Pool {
     pub(super) fn close(&self, conn: ServerConnection, reason: CloseReason) {
         self.retire(conn, reason);
         self.open.fetch_sub(1, Ordering::AcqRel);
+        self.node.give_back();
     }
 
     /// Counts, logs and closes `conn`; the caller settles `open`.

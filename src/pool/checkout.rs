@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::idle::IdleConnection;
 use super::lifecycle::CloseReason;
 use super::parameters::parameter_status_frames;
-use super::slot::OpenSlot;
+use super::slot::{Full, OpenSlot};
 use super::stats::{Waiting, bump};
 use super::{Pool, PoolError, PooledConnection, health};
 use crate::backend::{self, BackendError, ServerConnection};
@@ -69,18 +69,34 @@ impl Pool {
             if let Some(conn) = self.take_idle().await {
                 return Ok(conn);
             }
-            if let Some(slot) = OpenSlot::reserve(&self.open, self.settings.load().max_size) {
-                let conn = self.connect().await?;
-                slot.keep();
-                return Ok(conn);
+            let max_size = self.settings.load().max_size;
+            let checkout_timeout = self.settings.load().checkout_timeout;
+            match OpenSlot::reserve(&self.open, max_size, &self.node) {
+                Ok(slot) => {
+                    let conn = self.connect().await?;
+                    slot.keep();
+                    return Ok(conn);
+                }
+                // The node's budget share is in use (by this pool or
+                // another): wait for a connection to close, or for one of
+                // this pool's to come back idle.
+                Err(Full::Node) => {
+                    let deadline = tokio::time::Instant::from_std(started + checkout_timeout);
+                    if !self.node.wait(deadline).await {
+                        return Err(self.timed_out());
+                    }
+                }
+                // Every unit of `open` is taken yet nothing is idle: the
+                // reaper has taken expired connections off the idle stack
+                // and is closing them. Brief; look again rather than
+                // exceed max_size.
+                Err(Full::Pool) => {
+                    if started.elapsed() >= checkout_timeout {
+                        return Err(self.timed_out());
+                    }
+                    tokio::task::yield_now().await;
+                }
             }
-            // Every unit of `open` is taken yet nothing is idle: the reaper
-            // has taken expired connections off the idle stack and is
-            // closing them. Brief; look again rather than exceed max_size.
-            if started.elapsed() >= self.settings.load().checkout_timeout {
-                return Err(self.timed_out());
-            }
-            tokio::task::yield_now().await;
         }
     }
 
@@ -89,7 +105,7 @@ impl Pool {
         while let Some(mut idle) = self.idle.pop() {
             // Owns the popped connection's unit of `open` until it is handed
             // out, so a checkout cancelled mid health check gives it back.
-            let slot = OpenSlot::adopt(&self.open);
+            let slot = OpenSlot::adopt(&self.open, &self.node);
             match self.validate(&mut idle).await {
                 Ok(()) => {
                     slot.keep();

@@ -23,6 +23,7 @@
 //! `idle_timeout` or `max_lifetime`, drops dead ones and keeps `min_size`
 //! open.
 
+mod budget;
 mod checkin;
 mod checkout;
 mod connection;
@@ -53,6 +54,7 @@ use tokio::sync::Semaphore;
 use crate::backend::Secret;
 use crate::tls::Connector;
 
+pub use budget::{NodeBudget, NodeUnit, NodeUnits};
 pub use connection::PooledConnection;
 pub use error::PoolError;
 pub use key::PoolKey;
@@ -80,6 +82,8 @@ pub struct Pool {
     idle: IdleList,
     /// Connections open: idle, checked out, or being opened.
     open: AtomicUsize,
+    /// This proxy's connections to the pool's node, against its budget.
+    node: Arc<NodeUnits>,
     /// Connections checked out.
     active: AtomicUsize,
     /// Checkouts waiting for a permit.
@@ -110,16 +114,19 @@ impl Pool {
             settings,
             Connector::default(),
             PoolMetrics::detached(),
+            NodeUnits::unlimited(),
         )
     }
 
-    /// As [`Pool::new`], connecting to the node with `tls` and reporting to `metrics`.
+    /// As [`Pool::new`], connecting to the node with `tls`, reporting to
+    /// `metrics`, and counting its connections against `node`'s budget.
     pub fn with_parts(
         key: PoolKey,
         secret: Option<Secret>,
         settings: PoolSettings,
         tls: Connector,
         metrics: PoolMetrics,
+        node: Arc<NodeUnits>,
     ) -> Arc<Self> {
         let settings = settings.normalized();
         let pool = Arc::new(Self {
@@ -130,6 +137,7 @@ impl Pool {
             settings: ArcSwap::from_pointee(settings),
             idle: IdleList::default(),
             open: AtomicUsize::new(0),
+            node,
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
@@ -211,6 +219,8 @@ impl Drop for Pool {
     fn drop(&mut self) {
         for idle in self.idle.take_all() {
             health::terminate(idle.conn);
+            // The node's units outlive this pool.
+            self.node.give_back();
         }
     }
 }

@@ -56,6 +56,17 @@ impl Pool {
         }
     }
 
+    /// Closes idle connections while the node has more open than this
+    /// proxy's budget share (after the share shrank: a peer joined).
+    pub fn trim_to_budget(&self) {
+        while self.node.over_budget() {
+            let Some(idle) = self.idle.pop() else {
+                return;
+            };
+            self.close(idle.conn, CloseReason::Discarded);
+        }
+    }
+
     /// Closes every idle connection (its node changed role or went away);
     /// connections checked out now are unaffected.
     pub fn close_idle(&self) {
@@ -93,7 +104,8 @@ impl Pool {
             let Ok(_permit) = Arc::clone(&self.permits).try_acquire_owned() else {
                 return;
             };
-            let Some(slot) = OpenSlot::reserve(&self.open, self.settings.load().min_size) else {
+            let min_size = self.settings.load().min_size;
+            let Ok(slot) = OpenSlot::reserve(&self.open, min_size, &self.node) else {
                 return;
             };
             match self.connect().await {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Pool, PoolKey, PoolSettings};
+use super::{NodeBudget, NodeUnits, Pool, PoolKey, PoolSettings};
 use crate::backend::Secret;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::tls::Connector;
@@ -19,6 +19,7 @@ pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     metrics: Option<Arc<Metrics>>,
     tls: Connector,
+    budget: NodeBudget,
 }
 
 impl Pools {
@@ -34,6 +35,7 @@ impl Pools {
             pools: Mutex::default(),
             metrics: Some(metrics),
             tls,
+            budget: NodeBudget::default(),
         }
     }
 
@@ -56,7 +58,15 @@ impl Pools {
             Some(metrics) => metrics.pool(&key.node, &key.database, &key.user),
             None => PoolMetrics::detached(),
         };
-        let pool = Pool::with_parts(key.clone(), secret, settings, self.tls.clone(), metrics);
+        let node = self.budget.node(&key.node);
+        let pool = Pool::with_parts(
+            key.clone(),
+            secret,
+            settings,
+            self.tls.clone(),
+            metrics,
+            node,
+        );
         pools.insert(key, Arc::clone(&pool));
         pool
     }
@@ -76,6 +86,32 @@ impl Pools {
         for pool in self.all() {
             if pool.key().node == node {
                 pool.close_idle();
+            }
+        }
+    }
+
+    /// The budget units of `node` (session pooling takes one per session).
+    pub fn node_units(&self, node: &str) -> Arc<NodeUnits> {
+        self.budget.node(node)
+    }
+
+    /// Connections open per node, as the budget counts them.
+    pub fn node_connections(&self) -> Vec<(String, usize)> {
+        self.budget.open_per_node()
+    }
+
+    /// This proxy's share of `pool.max_server_connections_per_node` (0: none).
+    pub fn node_budget(&self) -> usize {
+        self.budget.limit()
+    }
+
+    /// Sets this proxy's per-node share; when it shrank, idle connections
+    /// above it are closed now and busy ones as they come back.
+    pub fn set_node_budget(&self, limit: usize) {
+        let old = self.budget.set_limit(limit);
+        if limit != 0 && (old == 0 || limit < old) {
+            for pool in self.all() {
+                pool.trim_to_budget();
             }
         }
     }

@@ -60,6 +60,20 @@ pub enum SessionError {
     /// The client certificate does not name the user (`tls.client_cert_user`).
     #[error("{0}")]
     ClientCertificate(#[from] CertUserError),
+    /// Session pooling: this pod's share of
+    /// `pool.max_server_connections_per_node` stayed in use for
+    /// `pool.checkout_timeout`.
+    #[error(
+        "no server connection to {node} within {waited:?}: this proxy's share of pool.max_server_connections_per_node ({share}) is in use"
+    )]
+    NodeBudget {
+        /// The node.
+        node: String,
+        /// How long the session waited.
+        waited: std::time::Duration,
+        /// The share in force.
+        share: usize,
+    },
     /// Auth passthrough could not fetch the user's verifier.
     #[error("could not look up user \"{user}\" for authentication: {reason}")]
     AuthLookup {
@@ -106,7 +120,9 @@ impl SessionError {
             | Self::Auth(ScramError::ChannelBindingMismatch(_))
             | Self::TlsRequired
             | Self::ClientCertificate(_) => fatal("28000", self.to_string()),
-            Self::TooManyClients(_) | Self::TooManyForUser(_) => fatal("53300", self.to_string()),
+            Self::TooManyClients(_) | Self::TooManyForUser(_) | Self::NodeBudget { .. } => {
+                fatal("53300", self.to_string())
+            }
             Self::AuthLookup { .. } => fatal("08006", self.to_string()),
             Self::Tls(_) => None,
             Self::Auth(e) => fatal("08P01", e.to_string()),

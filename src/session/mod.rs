@@ -31,6 +31,7 @@ use crate::backend::{self, Secret, ServerConnection};
 use crate::config::{ClientCertUser, TlsConfig};
 use crate::listener::cancel::{CancelTarget, send_cancel};
 use crate::listener::limits::{ClientSlot, UserSlot};
+use crate::pool::NodeUnit;
 use crate::protocol::StartupPacket;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
@@ -92,6 +93,18 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     };
     // PAUSE holds new session-pooled sessions before they get a server.
     shared.pause.wait_resumed().await;
+    // Held for the session's life: its server connection counts against
+    // this pod's share of the node's connection budget.
+    let waited = settings.config.pool.checkout_timeout;
+    let Some(mut _budget_unit) = shared.pools.node_units(&primary).take_owned(waited).await else {
+        let error = SessionError::NodeBudget {
+            node: primary,
+            waited,
+            share: shared.pools.node_budget(),
+        };
+        reject::<()>(&mut client, peer, &error).await;
+        return;
+    };
     let server = backend::connect(
         &primary,
         &params,
@@ -144,10 +157,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         // which kept nothing on it: carry on on the next primary, as if
         // nothing happened.
         match reattach(&shared, &settings, &params, secret.as_ref()).await {
-            Ok(next) => {
+            Ok((next, unit)) => {
                 tracing::info!(%peer, user, from = %server.addr, to = %next.addr, "session moved to a new server connection");
                 registration.retarget(cancel_target(&next));
                 server = next;
+                // The old unit goes back as the new one is held.
+                _budget_unit = unit;
             }
             Err(error) => {
                 tracing::info!(%peer, user, server = %server.addr, %error, "session lost its server");
@@ -179,15 +194,15 @@ fn lost_server(addr: &str) -> BytesMut {
 }
 
 /// A new server connection for a session-mode client whose server left
-/// while the session could move: on the verified primary, waiting for one
-/// (and retrying connects to a node that is going away) up to
-/// `routing.failover_timeout`.
+/// while the session could move, with its unit of the node's connection
+/// budget: on the verified primary, waiting for one (and retrying connects
+/// to a node that is going away) up to `routing.failover_timeout`.
 async fn reattach(
     shared: &Shared,
     settings: &Settings,
     params: &[(String, String)],
     secret: Option<&Secret>,
-) -> Result<ServerConnection, SessionError> {
+) -> Result<(ServerConnection, NodeUnit), SessionError> {
     let timeout = settings.config.routing.failover_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -195,6 +210,14 @@ async fn reattach(
         let primary = wait_for_primary(&shared.topology, remaining)
             .await
             .map_err(SessionError::NoPrimary)?;
+        let waited = settings.config.pool.checkout_timeout;
+        let Some(unit) = shared.pools.node_units(&primary).take_owned(waited).await else {
+            return Err(SessionError::NodeBudget {
+                node: primary,
+                waited,
+                share: shared.pools.node_budget(),
+            });
+        };
         let connected = backend::connect(
             &primary,
             params,
@@ -204,7 +227,7 @@ async fn reattach(
         )
         .await;
         match connected {
-            Ok(server) => return Ok(server),
+            Ok(server) => return Ok((server, unit)),
             Err(error) if error.is_node_unavailable() && tokio::time::Instant::now() < deadline => {
                 // Most likely the old primary, not yet dropped by the monitor.
                 shared
@@ -275,10 +298,12 @@ async fn admit(
     let params = match opening {
         Opening::Session { params } => params,
         Opening::Cancel { pid, secret } => {
-            // As PostgreSQL: no reply either way, so a key guess learns nothing.
-            if let Some(target) = shared.cancels.lookup(pid, &secret) {
-                send_cancel(&target).await;
-            }
+            // As PostgreSQL: no reply either way, and the connection closes
+            // before the key is even looked at, so that neither an answer
+            // nor its timing tells a guessed key from a real one.
+            let _ = client.shutdown().await;
+            drop(client);
+            crate::peers::cancel::route_cancel(shared, pid, &secret).await;
             return None;
         }
         Opening::TlsRequest => {
@@ -430,6 +455,7 @@ async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionE
             | SessionError::TooManyForUser(_)
             | SessionError::AuthLookup { .. }
             | SessionError::ClientCertificate(_)
+            | SessionError::NodeBudget { .. }
     ) {
         tracing::info!(%peer, %error, "client rejected");
     } else {

@@ -6,7 +6,7 @@ pub mod drill;
 pub mod raw;
 pub mod tls;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -47,8 +47,18 @@ impl Drop for ProxyProcess {
 impl ProxyProcess {
     /// Starts the binary with `config` (TOML text; `{listen}` is replaced by a free port).
     pub fn start(config: &str) -> Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Self::start_at(config, free_port())
+    }
+
+    /// As [`ProxyProcess::start`], listening on `port` (for configs that
+    /// must name the address before the process starts, e.g. peer lists).
+    pub fn start_at(config: &str, port: u16) -> Self {
+        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// As [`ProxyProcess::start`], listening on `addr` (any 127.0.0.0/8
+    /// address, for tests that need peers on distinct IPs).
+    pub fn start_on(config: &str, addr: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config.replace("{listen}", &addr.to_string())).unwrap();
@@ -140,6 +150,70 @@ impl ProxyProcess {
         let fields: Vec<&str> = after.split_whitespace().collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
+}
+
+/// `GET path` on a local HTTP port (the admin server): status and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parses a Prometheus text exposition.
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
+}
+
+/// The value of the first sample of `name` carrying every label in `labels`.
+pub fn metric_sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// The sum of every sample of `name` carrying every label in `labels`.
+pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .sum()
 }
 
 /// A free loopback port (bound then released).

@@ -43,8 +43,15 @@ pub fn sqlstate(reply: &[u8]) -> Option<String> {
 /// Logs in through a raw socket as `app` (trust is not configured, so this
 /// performs SCRAM with postgres-protocol's client) and returns the stream.
 pub async fn raw_session(h: &Harness) -> TcpStream {
+    raw_login(h.proxy.addr).await.0
+}
+
+/// Logs in as `app` at `addr` (SCRAM); returns the stream at ReadyForQuery
+/// and the BackendKeyData (process id, secret) the proxy issued.
+pub async fn raw_login(addr: std::net::SocketAddr) -> (TcpStream, (i32, i32)) {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut key = (0, 0);
     stream
         .write_all(&startup_packet(&[("user", "app"), ("database", "appdb")]))
         .await
@@ -75,7 +82,13 @@ pub async fn raw_session(h: &Harness) -> TcpStream {
                     .unwrap();
             }
             (b'R', Some(12)) => scram.finish(&body[4..]).unwrap(),
-            (b'Z', _) => return stream,
+            (b'K', _) if body.len() >= 8 => {
+                key = (
+                    i32::from_be_bytes(body[..4].try_into().unwrap()),
+                    i32::from_be_bytes(body[4..8].try_into().unwrap()),
+                );
+            }
+            (b'Z', _) => return (stream, key),
             (b'E', _) => panic!("login failed: {}", String::from_utf8_lossy(&body)),
             _ => {}
         }
