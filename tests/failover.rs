@@ -50,29 +50,39 @@ fn millis_since(origin: SystemTime, at: SystemTime) -> i128 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn probe_topology_survives_a_manual_promotion_without_losing_writes() {
-    let _serial = SERIAL.lock().await;
-    let (cluster, proxy) = tokio::task::spawn_blocking(|| {
-        let cluster = LocalCluster::start(&ClusterSpec {
-            replicas: 2,
-            ..spec()
-        })
-        .expect("start cluster");
+/// A primary with `replicas` streaming replicas and the proxy following
+/// them with the probe topology, in `pool_mode`.
+async fn probe_cluster_with_proxy(
+    replicas: usize,
+    pool_mode: &'static str,
+) -> (LocalCluster, ProxyProcess) {
+    tokio::task::spawn_blocking(move || {
+        let cluster =
+            LocalCluster::start(&ClusterSpec { replicas, ..spec() }).expect("start cluster");
         let config = support::replicated_config(
             &cluster,
             "topology = \"probe\"\nprobe_timeout = \"500ms\"",
             "failover_timeout = \"20s\"",
             "",
+        )
+        .replace(
+            "pool_mode = \"transaction\"",
+            &format!("pool_mode = \"{pool_mode}\""),
         );
-        cluster
-            .make_replication_synchronous()
-            .expect("synchronous replication");
         let proxy = ProxyProcess::start(&config);
         (cluster, proxy)
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_topology_survives_a_manual_promotion_without_losing_writes() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, proxy) = probe_cluster_with_proxy(2, "transaction").await;
+    cluster
+        .make_replication_synchronous()
+        .expect("synchronous replication");
     let old_port = cluster.primary().port;
     let new_port = cluster.replicas()[0].port;
     let through_proxy = dsn(proxy.addr.port());
@@ -478,24 +488,7 @@ async fn a_session_made_read_only_gets_its_refusal_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn session_mode_clients_between_transactions_move_to_the_new_primary() {
     let _serial = SERIAL.lock().await;
-    let (cluster, proxy) = tokio::task::spawn_blocking(|| {
-        let cluster = LocalCluster::start(&ClusterSpec {
-            replicas: 1,
-            ..spec()
-        })
-        .expect("start cluster");
-        let config = support::replicated_config(
-            &cluster,
-            "topology = \"probe\"\nprobe_timeout = \"500ms\"",
-            "failover_timeout = \"20s\"",
-            "",
-        )
-        .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"");
-        let proxy = ProxyProcess::start(&config);
-        (cluster, proxy)
-    })
-    .await
-    .unwrap();
+    let (cluster, proxy) = probe_cluster_with_proxy(1, "session").await;
     let old_port = cluster.primary().port as i32;
     let new_port = cluster.replicas()[0].port as i32;
     let through_proxy = dsn(proxy.addr.port());
