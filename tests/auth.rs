@@ -233,3 +233,67 @@ async fn auth_passthrough_follows_password_changes_after_the_cache_expires() {
         assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD), "{mode}");
     }
 }
+
+#[test]
+fn md5_clients_log_in_with_a_plaintext_password_or_a_stored_hash() {
+    let cluster = switchyard::testcluster::LocalCluster::start(&support::spec()).unwrap();
+    let primary = cluster.primary();
+    primary
+        .psql(
+            "SET password_encryption = 'md5'; CREATE ROLE md5only LOGIN PASSWORD 'md5pw'; \
+             GRANT CONNECT ON DATABASE appdb TO md5only",
+        )
+        .unwrap();
+    let hba = primary.data_dir.join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all md5only 127.0.0.1/32 md5\n{original}"),
+    )
+    .unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+    // The proxy holds only the hash pg_authid holds; it logs in to the
+    // node (which asks for md5) with it. `app` keeps a plaintext password
+    // the node's SCRAM login needs, but its clients use md5.
+    let stored = switchyard::session::md5::stored_hash("md5only", "md5pw");
+    assert_eq!(
+        primary
+            .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'md5only'")
+            .unwrap(),
+        stored
+    );
+    let config =
+        support::proxy_config(&cluster, "").replace(
+            "name = \"app\"\npassword = \"app-secret\"",
+            "name = \"app\"\npassword = \"app-secret\"\nauth = \"md5\"",
+        ) + &format!("\n[[users]]\nname = \"md5only\"\npassword = \"{stored}\"\nauth = \"md5\"\n");
+    assert_eq!(config.matches("auth = \"md5\"").count(), 2, "{config}");
+    let proxy = support::ProxyProcess::start(&config);
+    let psql = cluster.binaries().program("psql");
+    let run = |user: &str, password: &str| {
+        let url = format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/appdb",
+            proxy.addr.port()
+        );
+        std::process::Command::new(&psql)
+            .args(["-X", "-A", "-t", "-d", &url, "-c", "SELECT current_user"])
+            .output()
+            .unwrap()
+    };
+    for (user, password) in [("md5only", "md5pw"), ("app", "app-secret")] {
+        let out = run(user, password);
+        assert!(
+            out.status.success(),
+            "{user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), user);
+        let wrong = run(user, "wrong");
+        assert!(!wrong.status.success());
+        let stderr = String::from_utf8_lossy(&wrong.stderr);
+        assert!(
+            stderr.contains("password authentication failed"),
+            "{user}: {stderr}"
+        );
+    }
+}

@@ -227,7 +227,12 @@ impl<'a> Login<'a> {
                     .map_err(|e| self.protocol_error(e))?
                     .try_into()
                     .map_err(|_| self.protocol("bad md5 salt"))?;
-                let hash = md5_hash(self.user.as_bytes(), self.password()?.as_bytes(), salt);
+                let hash = match self.secret {
+                    Some(Secret::Md5Hash(stored)) => {
+                        crate::session::md5::salted_response(stored, salt)
+                    }
+                    _ => md5_hash(self.user.as_bytes(), self.password()?.as_bytes(), salt),
+                };
                 frontend::password_message(hash.as_bytes(), &mut self.out)
                     .map_err(|_| self.protocol("password contains NUL"))
             }
@@ -292,7 +297,7 @@ impl<'a> Login<'a> {
     fn password(&self) -> Result<&'a str, BackendError> {
         match self.secret {
             Some(Secret::Password(password)) => Ok(password),
-            Some(Secret::ScramKeys(_)) => Err(BackendError::VerifierOnly {
+            Some(Secret::ScramKeys(_) | Secret::Md5Hash(_)) => Err(BackendError::VerifierOnly {
                 addr: self.addr.to_owned(),
                 user: self.user.clone(),
             }),

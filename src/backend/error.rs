@@ -45,9 +45,11 @@ pub enum BackendError {
         /// The role.
         user: String,
     },
-    /// The server asked for md5 or cleartext and only a SCRAM verifier is known.
+    /// The server asked for a method the known verifier cannot answer: md5
+    /// or cleartext with only a SCRAM verifier, anything but md5 with only
+    /// an md5 hash.
     #[error(
-        "server {addr} asks for a password for user {user:?}, but only a SCRAM verifier is known (the node must use scram-sha-256)"
+        "server {addr} asks for a password for user {user:?}, but only a stored verifier is known (the node must use scram-sha-256 for a SCRAM verifier, md5 for an md5 hash)"
     )]
     VerifierOnly {
         /// The node's address.

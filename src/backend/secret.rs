@@ -11,6 +11,9 @@ pub enum Secret {
     /// SCRAM keys: works only with SCRAM-SHA-256 against a node that holds
     /// the verifier these keys belong to.
     ScramKeys(ScramKeys),
+    /// A stored md5 hash (`md5…`, as in pg_authid): works only against a
+    /// node that asks for md5.
+    Md5Hash(String),
 }
 
 /// A SCRAM verifier's keys plus the ClientKey a client proved it knows.
@@ -32,6 +35,7 @@ impl fmt::Debug for Secret {
         match self {
             Self::Password(_) => f.write_str("Secret::Password(..)"),
             Self::ScramKeys(_) => f.write_str("Secret::ScramKeys(..)"),
+            Self::Md5Hash(_) => f.write_str("Secret::Md5Hash(..)"),
         }
     }
 }

@@ -454,6 +454,9 @@ pub enum AuthMethod {
     /// No client authentication.
     #[serde(rename = "trust")]
     Trust,
+    /// md5 against `password` (plaintext, or the stored `md5…` hash).
+    #[serde(rename = "md5")]
+    Md5,
 }
 
 impl Config {
@@ -681,6 +684,17 @@ impl Config {
                     "required for auth = \"scram-sha-256\"",
                 ));
             }
+            if user.auth == AuthMethod::Md5
+                && user
+                    .password
+                    .as_deref()
+                    .is_none_or(|p| p.starts_with(crate::session::VERIFIER_PREFIX))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.password"),
+                    "auth = \"md5\" needs a plaintext password or a stored md5 hash (md5…)",
+                ));
+            }
         }
         Ok(())
     }
@@ -699,11 +713,9 @@ impl Config {
         // A stored SCRAM verifier cannot log in by itself: skip those users.
         let plaintext = self.users.iter().find_map(|u| {
             let password = u.password.as_deref()?;
-            (!password.starts_with("SCRAM-SHA-256$")).then_some((
-                u.name.as_str(),
-                Some(password),
-                database,
-            ))
+            (!password.starts_with("SCRAM-SHA-256$")
+                && !crate::session::md5::is_stored_hash(password))
+            .then_some((u.name.as_str(), Some(password), database))
         });
         plaintext.or_else(|| {
             let auth = &self.auth;

@@ -65,6 +65,12 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     encode(&Authentication::Ok, buf);
 }
 
+/// AuthenticationMD5Password with `salt`.
+pub fn authentication_md5_password(buf: &mut BytesMut, salt: [u8; 4]) {
+    buf.extend_from_slice(b"R\0\0\0\x0c\0\0\0\x05");
+    buf.extend_from_slice(&salt);
+}
+
 /// AuthenticationSASL offering the given mechanisms.
 pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
     let names = mechanisms.iter().map(|m| (*m).to_owned()).collect();

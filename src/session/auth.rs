@@ -10,6 +10,7 @@ use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::SessionError;
+use super::md5;
 use super::passthrough::Passthrough;
 use super::scram::{self, AwaitingClientFinal, Binding, ScramError, ScramVerifier};
 use crate::backend::{ScramKeys, Secret};
@@ -26,6 +27,8 @@ const AUTH_MESSAGE_LIMIT: usize = 16 * 1024;
 pub struct UserCredential {
     /// Plaintext password for logging in to the nodes, when configured as one.
     password: Option<String>,
+    /// The stored md5 hash, for `auth = "md5"`.
+    md5: Option<String>,
     auth: AuthMethod,
     verifier: Option<ScramVerifier>,
     /// Most clients of this user at once.
@@ -65,10 +68,18 @@ impl Credentials {
                     (_, Some(text)) => ScramVerifier::parse(text).ok(),
                     (_, None) => stored.map(ScramVerifier::from_password),
                 };
+                let md5 = stored.filter(|_| user.auth == AuthMethod::Md5).map(|p| {
+                    if md5::is_stored_hash(p) {
+                        p.to_owned()
+                    } else {
+                        md5::stored_hash(&user.name, p)
+                    }
+                });
                 let credential = UserCredential {
                     password: stored
-                        .filter(|_| verifier_text.is_none())
+                        .filter(|p| verifier_text.is_none() && !md5::is_stored_hash(p))
                         .map(str::to_owned),
+                    md5,
                     auth: user.auth,
                     verifier,
                     max_connections: user.max_connections,
@@ -102,6 +113,26 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     binding: Binding,
 ) -> Result<Authenticated, SessionError> {
     let credential = credentials.get(user);
+    if let Some(UserCredential {
+        md5: Some(stored),
+        password,
+        max_connections,
+        ..
+    }) = credential
+    {
+        md5_exchange(stream, buf, user, stored).await?;
+        let mut out = BytesMut::with_capacity(16);
+        messages::authentication_ok(&mut out);
+        stream.write_all(&out).await?;
+        let secret = match password {
+            Some(password) => Secret::Password(password.clone()),
+            None => Secret::Md5Hash(stored.clone()),
+        };
+        return Ok(Authenticated {
+            secret: Some(secret),
+            max_connections: *max_connections,
+        });
+    }
     let (verifier, known) =
         match (credential, passthrough) {
             (Some(c), _) if c.auth == AuthMethod::Trust => (None, true),
@@ -151,6 +182,27 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         secret,
         max_connections: credential.and_then(|c| c.max_connections),
     })
+}
+
+/// Asks the client for an md5 password with a fresh salt and checks it.
+async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    user: &str,
+    stored: &str,
+) -> Result<(), SessionError> {
+    let mut salt = [0u8; 4];
+    rand::rng().fill_bytes(&mut salt);
+    let mut out = BytesMut::with_capacity(16);
+    messages::authentication_md5_password(&mut out, salt);
+    stream.write_all(&out).await?;
+    let message = read_password_message(stream, buf).await?;
+    let response = message.strip_suffix(b"\0").unwrap_or(&message);
+    if md5::response_matches(stored, salt, response) {
+        Ok(())
+    } else {
+        Err(SessionError::WrongPassword(user.to_owned()))
+    }
 }
 
 /// Runs SCRAM with the client; returns the ClientKey its proof revealed.

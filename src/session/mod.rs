@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod idle;
+pub mod md5;
 mod negotiate;
 mod passthrough;
 mod relay;
