@@ -403,11 +403,11 @@ impl TransactionSession {
         tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
         let mut conn = match routed.pool.checkout().await {
             Ok(conn) => conn,
-            Err(error)
-                if routed.plan.gated
-                    && (error.server_error().is_none() || error.is_node_unavailable()) =>
-            {
-                // A replica that cannot serve is not the client's problem.
+            Err(error) if routed.plan.gated && matches!(error, PoolError::Connect(_)) => {
+                // A replica that cannot serve is not the client's problem,
+                // even when it refuses the login: one that has yet to replay
+                // a new database or role says 3D000 or 28000. The primary
+                // has the last word.
                 tracing::debug!(%error, "replica unavailable; the primary serves the read");
                 self.force_primary = true;
                 return true;
