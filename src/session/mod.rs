@@ -83,6 +83,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         transaction::serve(client, shared, settings, params, secret, buf, shutdown).await;
         return;
     }
+    // Boxed: session mode's states (relay, re-attach, connect) would
+    // otherwise make every session's task, transaction mode's idle
+    // clients included, several KiB larger.
+    Box::pin(async move {
+        let server_config = &settings.config.server;
     // A session-mode client keeps one connection: it must be the primary.
     let failover_timeout = settings.config.routing.failover_timeout;
     let primary = match wait_for_primary(&shared.topology, failover_timeout).await {
@@ -180,6 +185,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
             }
         }
     }
+    })
+    .await;
 }
 
 fn cancel_target(server: &ServerConnection) -> CancelTarget {

@@ -481,7 +481,9 @@ impl TransactionSession {
                 self.retry_on_primary(conn, reusable, request);
                 return true;
             }
-            if self.shared.topology.primary_left(&conn.addr).await {
+            // Boxed: a rare path whose future would otherwise enlarge every
+            // idle session's task.
+            if Box::pin(self.shared.topology.primary_left(&conn.addr)).await {
                 self.state.to_client.clear();
                 self.rerun_after_failover(conn, reusable);
                 return true;
