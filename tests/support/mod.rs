@@ -183,17 +183,19 @@ pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
 }
 
-/// The value of the first sample of `name` carrying every label in `labels`.
-pub fn metric_sample(
-    scrape: &prometheus_parse::Scrape,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+/// The values of every sample of `name` carrying every label in `labels`.
+pub fn metric_values<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = f64> + 'a {
     scrape
         .samples
         .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
+        .filter(move |s| {
+            s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .filter_map(|s| match s.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => Some(v),
@@ -201,19 +203,18 @@ pub fn metric_sample(
         })
 }
 
+/// The value of the first sample of `name` carrying every label in `labels`.
+pub fn metric_sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    metric_values(scrape, name, labels).next()
+}
+
 /// The sum of every sample of `name` carrying every label in `labels`.
 pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .filter_map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .sum()
+    metric_values(scrape, name, labels).sum()
 }
 
 /// A free loopback port (bound then released).
