@@ -57,7 +57,9 @@ struct Admitted {
 /// Serves one accepted client connection to its end.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
     let settings = shared.settings.load_full();
-    let Some(admitted) = admit(tcp, peer, &shared, &settings).await else {
+    // Boxed, once per session: the handshake's states (TLS, SCRAM) end
+    // with the login and need not stay in every idle client's task.
+    let Some(admitted) = Box::pin(admit(tcp, peer, &shared, &settings)).await else {
         return;
     };
     let Admitted {
@@ -70,7 +72,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     } = admitted;
     let database = StartupPacket::param(&params, "database").unwrap_or_else(|| user.clone());
     if crate::admin::console::is_console_database(&database) {
-        return crate::admin::hooks::console(client, peer, buf, shared, &params, shutdown).await;
+        // Boxed: only admin sessions need the console's states.
+        let console = crate::admin::hooks::console(client, peer, buf, shared, &params, shutdown);
+        return Box::pin(console).await;
     }
     let server_config = &settings.config.server;
     let session_mode = server_config.pool_mode == crate::config::PoolMode::Session;

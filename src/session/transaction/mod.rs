@@ -93,7 +93,8 @@ pub async fn serve(
     early_client_bytes: BytesMut,
     shutdown: Shutdown,
 ) {
-    let login = match login(&mut client, &shared, &settings, &params, password).await {
+    // Boxed, once per session, for the reason `admit` is.
+    let login = match Box::pin(login(&mut client, &shared, &settings, &params, password)).await {
         Ok(Some(login)) => login,
         Ok(None) => return,
         Err(message) => {
@@ -365,7 +366,11 @@ impl TransactionSession {
             if !self.wait_for_request(&mut watch).await {
                 return;
             }
-            if !self.serve_request(&mut watch).await {
+            // Boxed, one allocation per request: serving one is a deep
+            // state machine (routing, checkout, prepare, relay, failover)
+            // that an idle client's task would otherwise carry all along
+            // (measured with 5,000 idle clients: 61.9 -> 52.3 MiB RSS).
+            if !Box::pin(self.serve_request(&mut watch)).await {
                 return;
             }
         }
