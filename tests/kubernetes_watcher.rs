@@ -5,10 +5,12 @@
 //! objects recorded in tests/fixtures/cnpg/ (see its README).
 #![cfg(feature = "kubernetes")]
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -18,7 +20,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use support::drill::{self, Load, SERVER_ADDRESS_LAST_OCTET};
+use support::{APP_DB, APP_PASSWORD, APP_USER, ProxyProcess};
 use switchyard::config::KubernetesConfig;
+use switchyard::testcluster::{ClusterSpec, LocalCluster};
 use switchyard::topology::{ClaimedRole, Claims, kubernetes};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -478,4 +483,144 @@ async fn ended_watch_resumes_and_expired_watch_relists() {
     let rewatch = api.pods.requests.lock().unwrap().last().cloned().unwrap();
     assert!(rewatch.contains("resourceVersion=4117479"), "{rewatch}");
     watcher.stop().await;
+}
+
+/// The fixtures' pod IPs, pg-1 to pg-3: the test cluster's primary and its
+/// two replicas listen there, all on one port, as pods do.
+const POD_IPS: [&str; 3] = ["127.0.1.1", "127.0.1.2", "127.0.1.3"];
+/// How long the proxy may take to notice a dead primary on its own (one
+/// probe interval of 100 ms plus the 500 ms probe timeout), before the
+/// control plane says anything.
+const DETECTION: Duration = Duration::from_millis(600);
+
+/// A kubeconfig that points a kube client at the fake API server.
+fn kubeconfig(api_url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+         current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    )
+}
+
+fn dsn(host: &str, port: u16) -> String {
+    format!("host={host} port={port} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB}")
+}
+
+/// Signed milliseconds from `origin` to `at`.
+fn millis_since(origin: SystemTime, at: SystemTime) -> i128 {
+    match at.duration_since(origin) {
+        Ok(after) => after.as_millis() as i128,
+        Err(before) => -(before.duration().as_millis() as i128),
+    }
+}
+
+/// The whole path: the proxy binary, its kube client reading a kubeconfig,
+/// the fake API server replaying CloudNativePG's failover, and real
+/// PostgreSQL at the pods' IPs. Writes go to pg-1, wait while the operator
+/// fails over, and land on pg-2 once it is `currentPrimary`.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_the_proxy_follow_a_cnpg_failover_to_the_new_pod() {
+    init_tracing();
+    let cluster = tokio::task::spawn_blocking(|| {
+        LocalCluster::start(&ClusterSpec {
+            replicas: 2,
+            hosts: POD_IPS.iter().map(|ip| (*ip).to_owned()).collect(),
+            ..support::spec()
+        })
+        .expect("start PostgreSQL at the pod IPs")
+    })
+    .await
+    .unwrap();
+    cluster
+        .make_replication_synchronous()
+        .expect("synchronous replication");
+    let pg_port = cluster.primary().port;
+    assert!(cluster.nodes().all(|n| n.port == pg_port));
+
+    let api = FakeApi::start(
+        fixture("clusters-list-healthy.json"),
+        fixture("pods-healthy.json"),
+    )
+    .await;
+    let kube_dir = tempfile::tempdir().unwrap();
+    let kubeconfig_path = kube_dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig_path, kubeconfig(&api.url)).unwrap();
+    let config = support::replicated_config(
+        &cluster,
+        "topology = \"kubernetes\"\nprobe_timeout = \"500ms\"",
+        "failover_timeout = \"20s\"",
+        "",
+    ) + &format!(
+        "\n[kubernetes]\nnamespace = \"default\"\ncluster = \"pg\"\nport = {pg_port}\n"
+    );
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let kubeconfig_env = kubeconfig_path.to_string_lossy().into_owned();
+    let proxy =
+        ProxyProcess::start_with_env(&config, listen, &[("KUBECONFIG", kubeconfig_env.as_str())]);
+    api.wait_watches(1, 1).await;
+
+    let through_proxy = dsn("127.0.0.1", proxy.addr.port());
+    // Writes wait for a verified primary: the first one shows the proxy
+    // took pg-1 from the Cluster's status.
+    drill::create_table(&through_proxy).await;
+    let load = Load::start_naming(&through_proxy, 16, 4, SERVER_ADDRESS_LAST_OCTET).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let script = fixture("watch-failover.jsonl");
+    let lines: Vec<&str> = script.lines().collect();
+    // pg-1's postgres dies; the operator notices (Pod not Ready, Cluster
+    // failing over, targetPrimary "pending", pg-1 labelled unhealthy).
+    let killed = SystemTime::now();
+    tokio::task::block_in_place(|| cluster.primary().stop("immediate").unwrap());
+    let stopped = SystemTime::now();
+    api.replay(&lines[..6]);
+    // The instance manager promotes pg-2; the operator then names it
+    // targetPrimary and pg-2 writes itself as currentPrimary.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| cluster.replicas()[0].promote().unwrap());
+    api.replay(&lines[6..11]);
+    let current_primary = SystemTime::now();
+    // Timeline 2, pods relabelled.
+    api.replay(&lines[11..14]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = load.stop().await;
+
+    println!("cnpg drill: {}", outcome.summary());
+    for f in outcome.write_errors().iter().chain(&outcome.read_errors()) {
+        println!(
+            "  error at {} ms, sent at {} ms after the kill: {}",
+            millis_since(killed, f.at),
+            millis_since(killed, f.sent),
+            f.error
+        );
+    }
+    let gap = outcome
+        .first_write_after(current_primary)
+        .expect("writes resumed on pg-2");
+    println!(
+        "currentPrimary pg-2 -> first write through the proxy: {} ms",
+        gap.as_millis()
+    );
+    // Before the kill only pg-1 (.1) took writes, after its stop only pg-2.
+    outcome.assert_writes_only_where(|at, octet| {
+        if at < killed {
+            octet == 1
+        } else if at < stopped {
+            octet == 1 || octet == 2
+        } else {
+            octet == 2
+        }
+    });
+    assert!(
+        outcome.acknowledged().any(|(_, _, octet)| *octet == 2),
+        "no write reached pg-2"
+    );
+    outcome.assert_errors_only_in_flight(stopped + DETECTION);
+    assert!(outcome.read_errors().is_empty(), "reads failed");
+    assert!(
+        gap < Duration::from_secs(1),
+        "writes resumed {gap:?} after currentPrimary"
+    );
+    outcome.assert_none_lost(&dsn(POD_IPS[1], pg_port)).await;
+    drop(proxy);
 }

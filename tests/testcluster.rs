@@ -251,3 +251,21 @@ fn bad_configuration_is_reported_with_the_server_log() {
     .unwrap_err();
     assert!(err.to_string().contains("max_connections"), "{err}");
 }
+
+#[test]
+fn node_hosts_must_be_loopback_and_one_per_node() {
+    let err = LocalCluster::start(&ClusterSpec {
+        replicas: 1,
+        hosts: vec!["127.0.1.1".to_owned()],
+        ..ClusterSpec::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("2 nodes"), "{err}");
+
+    let err = LocalCluster::start(&ClusterSpec {
+        hosts: vec!["10.0.0.1".to_owned()],
+        ..ClusterSpec::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("not a loopback"), "{err}");
+}

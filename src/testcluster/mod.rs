@@ -82,6 +82,12 @@ pub struct ClusterSpec {
     pub extra_conf: Vec<String>,
     /// When set, the primary accepts TLS (`ssl = on`) with this certificate.
     pub tls: Option<NodeTls>,
+    /// Loopback address each node listens on, primary first, then one per
+    /// replica. Empty: every node on 127.0.0.1 with a port of its own. Set:
+    /// the nodes share one port, as a Kubernetes cluster's pods do
+    /// (`podIP:5432`), so tests can serve the addresses a control plane
+    /// names.
+    pub hosts: Vec<String>,
 }
 
 /// A node's TLS certificate and key, PEM.
@@ -95,7 +101,8 @@ pub struct NodeTls {
 
 impl Default for ClusterSpec {
     /// No replicas, superuser password `postgres-secret`, no users or
-    /// databases, `max_connections = 200`, no extra configuration, no TLS.
+    /// databases, `max_connections = 200`, no extra configuration, no TLS,
+    /// every node on 127.0.0.1.
     fn default() -> Self {
         ClusterSpec {
             replicas: 0,
@@ -105,6 +112,7 @@ impl Default for ClusterSpec {
             max_connections: 200,
             extra_conf: Vec::new(),
             tls: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -158,7 +166,8 @@ impl LocalCluster {
         ctx.chown(temp_dir.path())?;
         tracing::debug!(dir = %temp_dir.path().display(), bin_dir = %ctx.bins.bin_dir().display(), run_as = ?run_as, "creating local PostgreSQL cluster");
 
-        let primary = start_primary(&ctx, spec)?;
+        let placement = Placement::for_spec(spec)?;
+        let primary = start_primary(&ctx, spec, &placement)?;
         create_users_and_databases(&primary, spec)?;
 
         create_replication_slots(&primary, spec.replicas)?;
@@ -167,7 +176,8 @@ impl LocalCluster {
                 .map(|i| {
                     let ctx = &ctx;
                     let primary = &primary;
-                    scope.spawn(move || start_replica(ctx, spec, primary, i))
+                    let placement = &placement;
+                    scope.spawn(move || start_replica(ctx, spec, primary, i, placement))
                 })
                 .collect();
             let mut replicas = Vec::with_capacity(handles.len());
@@ -324,6 +334,24 @@ fn validate(spec: &ClusterSpec) -> Result<(), ClusterError> {
     if spec.superuser_password.contains(['\0', '\n', '\r']) {
         return bad("superuser_password must not contain NUL or newlines".to_owned());
     }
+    if !spec.hosts.is_empty() {
+        if spec.hosts.len() != spec.replicas + 1 {
+            return bad(format!(
+                "hosts names {} addresses for {} nodes",
+                spec.hosts.len(),
+                spec.replicas + 1
+            ));
+        }
+        for host in &spec.hosts {
+            // Test traffic stays on loopback.
+            if !host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            {
+                return bad(format!("host {host:?} is not a loopback address"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -387,6 +415,64 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Where each node listens: its host, and the port all nodes share (when
+/// `spec.hosts` is set) or `None` for a free port of each node's own.
+struct Placement {
+    hosts: Vec<String>,
+    shared_port: Option<u16>,
+}
+
+impl Placement {
+    fn for_spec(spec: &ClusterSpec) -> Result<Self, ClusterError> {
+        if spec.hosts.is_empty() {
+            return Ok(Placement {
+                hosts: vec![DEFAULT_HOST.to_owned(); spec.replicas + 1],
+                shared_port: None,
+            });
+        }
+        Ok(Placement {
+            hosts: spec.hosts.clone(),
+            shared_port: Some(port_free_on_all(&spec.hosts)?),
+        })
+    }
+
+    /// Node `i`'s host (0 = the primary) and a port to start it on.
+    fn node(&self, i: usize) -> Result<(&str, u16), ClusterError> {
+        let port = match self.shared_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        Ok((&self.hosts[i], port))
+    }
+}
+
+/// The host of nodes whose spec names none.
+const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// A port currently free on every one of `hosts`.
+fn port_free_on_all(hosts: &[String]) -> Result<u16, ClusterError> {
+    let bind = |host: &str, port: u16| TcpListener::bind((host, port));
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let first = bind(&hosts[0], 0)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| ClusterError::io(format!("bind {}:0 to find a free port", hosts[0]), e))?;
+        let port = first.port();
+        match hosts[1..]
+            .iter()
+            .map(|h| bind(h, port))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(_listeners) => return Ok(port),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(ClusterError::io(
+        format!("find a port free on all of {hosts:?}"),
+        last_error.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    ))
+}
+
 /// A currently free TCP port on 127.0.0.1 (may be taken again by the time it
 /// is used; callers retry).
 fn free_port() -> Result<u16, ClusterError> {
@@ -398,13 +484,16 @@ fn free_port() -> Result<u16, ClusterError> {
         .map_err(|e| ClusterError::io("read local address", e))
 }
 
-/// Starts `node`, moving it to a fresh port if its port turns out taken.
-fn start_with_port_retry(node: &mut Node) -> Result<(), ClusterError> {
+/// Starts `node`, moving it to a fresh port if its port turns out taken
+/// (unless the nodes share one port, which cannot move).
+fn start_with_port_retry(node: &mut Node, placement: &Placement) -> Result<(), ClusterError> {
     let mut attempt = 1;
     loop {
         match node.start_once() {
             Ok(()) => return Ok(()),
-            Err(StartError::PortInUse(e)) if attempt < PORT_ATTEMPTS => {
+            Err(StartError::PortInUse(e))
+                if attempt < PORT_ATTEMPTS && placement.shared_port.is_none() =>
+            {
                 tracing::debug!(node = %node.name, port = node.port, error = %e, "port taken, retrying on another port");
                 node.port = free_port()?;
                 node.write_node_conf()?;
@@ -416,8 +505,13 @@ fn start_with_port_retry(node: &mut Node) -> Result<(), ClusterError> {
 }
 
 /// initdb + configuration + start of the primary.
-fn start_primary(ctx: &Arc<Ctx>, spec: &ClusterSpec) -> Result<Node, ClusterError> {
-    let mut node = Node::create(Arc::clone(ctx), "primary", free_port()?)?;
+fn start_primary(
+    ctx: &Arc<Ctx>,
+    spec: &ClusterSpec,
+    placement: &Placement,
+) -> Result<Node, ClusterError> {
+    let (host, port) = placement.node(0)?;
+    let mut node = Node::create(Arc::clone(ctx), "primary", host, port)?;
 
     let pwfile = ctx.base_dir.join("superuser.pw");
     ctx.write_file(&pwfile, &format!("{}\n", spec.superuser_password), 0o600)?;
@@ -480,14 +574,14 @@ fn start_primary(ctx: &Arc<Ctx>, spec: &ClusterSpec) -> Result<Node, ClusterErro
                # TYPE  DATABASE     USER  ADDRESS        METHOD\n\
                local   all          all                  trust\n\
                local   replication  all                  trust\n\
-               host    all          all   127.0.0.1/32   scram-sha-256\n\
+               host    all          all   127.0.0.0/8    scram-sha-256\n\
                host    all          all   ::1/128        scram-sha-256\n\
-               host    replication  all   127.0.0.1/32   scram-sha-256\n\
+               host    replication  all   127.0.0.0/8    scram-sha-256\n\
                host    replication  all   ::1/128        scram-sha-256\n";
     ctx.write_file(&node.data_dir.join("pg_hba.conf"), hba, 0o600)?;
     node.write_node_conf()?;
 
-    start_with_port_retry(&mut node)?;
+    start_with_port_retry(&mut node, placement)?;
     tracing::debug!(node = %node.name, port = node.port, "primary ready");
     Ok(node)
 }
@@ -562,8 +656,10 @@ fn start_replica(
     spec: &ClusterSpec,
     primary: &Node,
     i: usize,
+    placement: &Placement,
 ) -> Result<Node, ClusterError> {
-    let mut node = Node::create(Arc::clone(ctx), &format!("replica{i}"), free_port()?)?;
+    let (host, port) = placement.node(i)?;
+    let mut node = Node::create(Arc::clone(ctx), &format!("replica{i}"), host, port)?;
     let mut backup = ctx.command("pg_basebackup");
     backup
         .args(["-h", &primary.host, "-p", &primary.port.to_string()])
@@ -576,7 +672,7 @@ fn start_replica(
 
     // The copy carries the primary's node settings; replace them.
     node.write_node_conf()?;
-    start_with_port_retry(&mut node)?;
+    start_with_port_retry(&mut node, placement)?;
     tracing::debug!(node = %node.name, port = node.port, "replica ready");
     Ok(node)
 }

@@ -18,7 +18,7 @@ pub(crate) const NODE_CONF: &str = "switchyard_node.conf";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One PostgreSQL server process with its own data directory, unix socket
-/// directory, TCP port on 127.0.0.1 and log file.
+/// directory, loopback TCP address and log file.
 ///
 /// Nodes are owned by a [`LocalCluster`](super::LocalCluster); a node that is
 /// still running when dropped is shut down.
@@ -26,7 +26,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Node {
     /// `primary`, `replica1`, `replica2`, ...
     pub name: String,
-    /// The TCP host the server listens on: always `127.0.0.1`.
+    /// The loopback address the server listens on (127.0.0.1 unless the
+    /// cluster's spec names hosts).
     pub host: String,
     /// The TCP port the server listens on.
     pub port: u16,
@@ -67,7 +68,12 @@ impl Node {
     /// Creates the node's directory layout under the cluster's scratch
     /// directory (the data directory itself is created by initdb or
     /// pg_basebackup).
-    pub(crate) fn create(ctx: Arc<Ctx>, name: &str, port: u16) -> Result<Self, ClusterError> {
+    pub(crate) fn create(
+        ctx: Arc<Ctx>,
+        name: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Self, ClusterError> {
         let dir = ctx.base_dir.join(name);
         ctx.create_dir(&dir)?;
         let socket_dir = dir.join("sock");
@@ -76,7 +82,7 @@ impl Node {
         ctx.write_file(&log_file, "", 0o644)?;
         Ok(Node {
             name: name.to_owned(),
-            host: "127.0.0.1".to_owned(),
+            host: host.to_owned(),
             port,
             data_dir: dir.join("data"),
             socket_dir,
@@ -86,7 +92,7 @@ impl Node {
         })
     }
 
-    /// `"127.0.0.1:PORT"`.
+    /// `"HOST:PORT"`.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -248,11 +254,12 @@ impl Node {
     pub(crate) fn write_node_conf(&self) -> Result<(), ClusterError> {
         let conf = format!(
             "# written by switchyard testcluster for node {name}\n\
-             listen_addresses = '127.0.0.1'\n\
+             listen_addresses = '{host}'\n\
              port = {port}\n\
              unix_socket_directories = '{sock}'\n\
              cluster_name = '{name}'\n",
             name = self.name,
+            host = self.host,
             port = self.port,
             sock = conf_quote(&self.socket_dir.to_string_lossy()),
         );

@@ -30,10 +30,16 @@ pub struct Failure {
     pub error: String,
 }
 
+/// How writers name the server that took a write: its port.
+pub const SERVER_PORT: &str = "inet_server_port()";
+/// How writers name the server that took a write when the nodes share one
+/// port on distinct loopback addresses: the address's last octet.
+pub const SERVER_ADDRESS_LAST_OCTET: &str = "split_part(host(inet_server_addr()), '.', 4)::int";
+
 /// What one writer saw.
 #[derive(Debug, Default)]
 pub struct WriterLog {
-    /// (when acknowledged, id, port of the server that took it)
+    /// (when acknowledged, id, the server that took it: see [`Load::start_naming`])
     pub acknowledged: Vec<(SystemTime, i32, u16)>,
     /// Writes that failed.
     pub errors: Vec<Failure>,
@@ -71,6 +77,14 @@ impl Load {
     /// on its own connection through `dsn`, and waits until all have
     /// connected.
     pub async fn start(dsn: &str, writers: i32, readers: usize) -> Self {
+        Self::start_naming(dsn, writers, readers, SERVER_PORT).await
+    }
+
+    /// As [`Load::start`], with writers recording `server` (a SQL
+    /// expression, e.g. [`SERVER_ADDRESS_LAST_OCTET`]) as the server that
+    /// took each write.
+    pub async fn start_naming(dsn: &str, writers: i32, readers: usize, server: &str) -> Self {
+        let insert_sql = format!("INSERT INTO acks VALUES ($1, {server}) RETURNING port");
         let stop = Arc::new(AtomicBool::new(false));
         let mut load = Load {
             stop: Arc::clone(&stop),
@@ -82,9 +96,10 @@ impl Load {
             let client = connect(dsn).await;
             let stop = Arc::clone(&stop);
             let ready = ready_tx.clone();
+            let insert_sql = insert_sql.clone();
             load.writers.push(tokio::spawn(async move {
                 let insert = client
-                    .prepare("INSERT INTO acks VALUES ($1, inet_server_port()) RETURNING port")
+                    .prepare(&insert_sql)
                     .await
                     .expect("prepare the insert");
                 let _ = ready.send(()).await;

@@ -59,6 +59,12 @@ impl ProxyProcess {
     /// As [`ProxyProcess::start`], listening on `addr` (any 127.0.0.0/8
     /// address, for tests that need peers on distinct IPs).
     pub fn start_on(config: &str, addr: SocketAddr) -> Self {
+        Self::start_with_env(config, addr, &[])
+    }
+
+    /// As [`ProxyProcess::start_on`], with `env` added to the process's
+    /// environment (e.g. `KUBECONFIG`).
+    pub fn start_with_env(config: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config.replace("{listen}", &addr.to_string())).unwrap();
@@ -70,6 +76,7 @@ impl ProxyProcess {
                 "SWITCHYARD_LOG",
                 std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "debug".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
