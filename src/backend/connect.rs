@@ -37,8 +37,14 @@ pub struct ServerConnection {
     /// ParameterStatus and NoticeResponse frames the server sent during
     /// login, to replay to the client verbatim.
     pub startup_messages: BytesMut,
-    /// Bytes the server sent after its first ReadyForQuery (normally none).
+    /// Bytes read from the server and not yet handled: after login, what
+    /// it sent past its first ReadyForQuery (normally none); in transaction
+    /// pooling, the relay's input buffer, kept with the connection so that
+    /// a transaction allocates none.
     pub pending: BytesMut,
+    /// Bytes on their way to the server during a transaction-pooling
+    /// stretch, kept for the same reason; empty between stretches.
+    pub outgoing: BytesMut,
     /// When the connection was opened (for `pool.max_lifetime`).
     pub created: std::time::Instant,
     /// Internal prepared statements present on this connection, by the
@@ -199,6 +205,7 @@ impl<'a> Login<'a> {
                         secret,
                         startup_messages,
                         pending: self.buf,
+                        outgoing: BytesMut::new(),
                         created: std::time::Instant::now(),
                         prepared: std::collections::HashSet::new(),
                         settings_fingerprint: 0,

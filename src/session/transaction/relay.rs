@@ -150,8 +150,9 @@ struct Stretch<'a> {
     /// The held answer is a 25006 refusal: retry on the primary.
     refused: bool,
     prepared: &'a mut HashSet<u64>,
-    to_server: BytesMut,
-    server_in: BytesMut,
+    /// The connection's own buffers (see `ServerConnection::outgoing`).
+    to_server: &'a mut BytesMut,
+    server_in: &'a mut BytesMut,
     server_streaming: usize,
     at_ready: bool,
     status: u8,
@@ -184,8 +185,12 @@ pub async fn run(
         stream,
         prepared,
         pending,
+        outgoing,
         ..
     } = conn;
+    // Whatever a broken stretch left is void; a connection that kept any is
+    // not reused, but be sure.
+    outgoing.clear();
     let mut stretch = Stretch {
         state,
         catalog,
@@ -195,8 +200,8 @@ pub async fn run(
         holding: plan.retryable,
         refused: false,
         prepared,
-        to_server: BytesMut::with_capacity(8 * 1024),
-        server_in: std::mem::take(pending),
+        to_server: outgoing,
+        server_in: pending,
         server_streaming: 0,
         at_ready: true,
         status: b'I',
@@ -233,15 +238,15 @@ pub async fn run(
         }
         let idle_since = stretch.state.idle_since;
         reserve(&mut stretch.state.client_in);
-        reserve(&mut stretch.server_in);
+        reserve(stretch.server_in);
         let s = &mut stretch;
         let event = tokio::select! {
             biased;
             () = shutdown.hard_stop.as_mut() => Event::HardStop,
             () = shutdown.draining.as_mut(), if !drain_seen => Event::Draining,
             r = client_write.write(&s.state.to_client), if !s.holding && !s.state.to_client.is_empty() => Event::ClientWrote(r),
-            r = server_write.write(&s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
-            r = server_read.read_buf(&mut s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
+            r = server_write.write(s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
+            r = server_read.read_buf(&mut *s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
             r = client_read.read_buf(&mut s.state.client_in), if !s.gate_closed && s.to_server.len() < HIGH_WATER => Event::ClientRead(r),
             () = shutdown.idle.expired(|| idle_since), if idle => Event::IdleTimeout,
         };
@@ -395,7 +400,7 @@ impl Stretch<'_> {
                 .tracker
                 .push(Expect::Reply(super::tracker::Synthetic::ParseComplete));
         } else {
-            statements::write_parse(&mut self.to_server, internal, parse.definition);
+            statements::write_parse(self.to_server, internal, parse.definition);
             self.prepared.insert(internal);
             self.state.tracker.push(Expect::Parse(internal));
         }
@@ -411,7 +416,7 @@ impl Stretch<'_> {
             statement.sets_session_state,
         );
         if !self.prepared.contains(&internal) {
-            statements::write_parse(&mut self.to_server, internal, &statement.definition);
+            statements::write_parse(self.to_server, internal, &statement.definition);
             self.prepared.insert(internal);
             self.state.tracker.push(Expect::InjectedParse(internal));
         }
@@ -441,7 +446,7 @@ impl Stretch<'_> {
             .flatten()
         {
             Some(internal) => {
-                statements::write_bind(&mut self.to_server, bind.portal, internal, bind.rest)
+                statements::write_bind(self.to_server, bind.portal, internal, bind.rest)
             }
             // Unnamed, or unknown: the server's own error names the client's statement.
             None => self.to_server.extend_from_slice(frame),
@@ -456,7 +461,7 @@ impl Stretch<'_> {
             .then(|| self.ensure_prepared(name))
             .flatten();
         match internal {
-            Some(internal) => statements::write_describe_statement(&mut self.to_server, internal),
+            Some(internal) => statements::write_describe_statement(self.to_server, internal),
             None => self.to_server.extend_from_slice(frame),
         }
         self.state.tracker.push(Expect::Describe);
@@ -481,9 +486,9 @@ impl Stretch<'_> {
 
     /// Handles every complete (or streamable) server frame.
     fn handle_server(&mut self) -> Result<(), ProtocolError> {
-        let mut input = std::mem::take(&mut self.server_in);
+        let mut input = std::mem::take(&mut *self.server_in);
         let result = self.server_frames(&mut input);
-        self.server_in = input;
+        *self.server_in = input;
         result
     }
 
