@@ -9,6 +9,7 @@ mod negotiate;
 mod passthrough;
 mod relay;
 mod scram;
+mod signal;
 mod startup;
 pub mod transaction;
 

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::idle::IdleTimeout;
+use super::signal::Signal;
 use super::transaction::complete_frame;
 use super::transaction::statements::read_parse;
 use crate::protocol::frame::HEADER_LEN;
@@ -173,10 +174,9 @@ pub async fn relay(
     activity: &Activity,
     shutdown: &Shutdown,
 ) -> RelayEnd {
-    let Shutdown {
-        draining,
-        hard_stop,
-    } = shutdown;
+    // Polled on every wake-up of the relay: see `Signal`.
+    let mut draining = Signal::new(shutdown.draining.clone());
+    let mut hard_stop = Signal::new(shutdown.hard_stop.clone());
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     let track_idle = idle.is_enabled();
@@ -194,14 +194,14 @@ pub async fn relay(
         tokio::select! {
             end = &mut upstream => return end,
             end = &mut downstream => return end,
-            () = draining.cancelled(), if !drain_noticed => {
+            () = &mut draining, if !drain_noticed => {
                 drain_noticed = true;
                 activity.close_when_idle.store(true, Relaxed);
                 if activity.is_idle() && activity.client_at_boundary() {
                     return RelayEnd::DrainedIdle;
                 }
             }
-            () = hard_stop.cancelled() => return RelayEnd::HardStop,
+            () = &mut hard_stop => return RelayEnd::HardStop,
             () = idle.expired(|| activity.idle_since()) => return RelayEnd::IdleTimeout,
         }
     }

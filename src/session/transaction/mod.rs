@@ -723,7 +723,7 @@ impl TransactionSession {
             }
             let idle_since = self.state.idle_since;
             let read = tokio::select! {
-                () = watch.draining.as_mut() => {
+                () = &mut watch.draining => {
                     self.say_goodbye().await;
                     return false;
                 }

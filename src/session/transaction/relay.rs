@@ -11,9 +11,9 @@
 
 use std::collections::HashSet;
 
+use super::super::signal::Signal;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::super::idle::IdleTimeout;
 use super::catalog::PoolCatalog;
@@ -33,14 +33,14 @@ pub const HIGH_WATER: usize = 64 * 1024;
 const STREAM_THRESHOLD: usize = 32 * 1024;
 
 /// What ends a session from outside its traffic, set up once per session:
-/// the two shutdown signals as futures (creating a cancellation future
-/// registers a waiter under the token's lock, which must not happen per
-/// message), and the idle timeout's timer.
+/// the two shutdown signals (creating a cancellation future registers a
+/// waiter under the token's lock, and polling one locks it too, neither of
+/// which may happen per message), and the idle timeout's timer.
 pub struct ShutdownWatch {
     /// Completes when shutdown starts draining.
-    pub draining: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    pub draining: Signal,
     /// Completes when the shutdown timeout expires.
-    pub hard_stop: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    pub hard_stop: Signal,
     /// `server.client_idle_timeout`, judged by [`ClientState::idle_since`].
     pub idle: IdleTimeout,
 }
@@ -49,8 +49,8 @@ impl ShutdownWatch {
     /// Watches `shutdown`'s tokens, and idleness beyond `idle_timeout` (zero: never).
     pub fn new(shutdown: &crate::proxy::Shutdown, idle_timeout: std::time::Duration) -> Self {
         Self {
-            draining: Box::pin(shutdown.draining.clone().cancelled_owned()),
-            hard_stop: Box::pin(shutdown.hard_stop.clone().cancelled_owned()),
+            draining: Signal::new(shutdown.draining.clone()),
+            hard_stop: Signal::new(shutdown.hard_stop.clone()),
             idle: IdleTimeout::new(idle_timeout),
         }
     }
@@ -242,8 +242,8 @@ pub async fn run(
         let s = &mut stretch;
         let event = tokio::select! {
             biased;
-            () = shutdown.hard_stop.as_mut() => Event::HardStop,
-            () = shutdown.draining.as_mut(), if !drain_seen => Event::Draining,
+            () = &mut shutdown.hard_stop => Event::HardStop,
+            () = &mut shutdown.draining, if !drain_seen => Event::Draining,
             r = client_write.write(&s.state.to_client), if !s.holding && !s.state.to_client.is_empty() => Event::ClientWrote(r),
             r = server_write.write(s.to_server), if !s.to_server.is_empty() => Event::ServerWrote(r),
             r = server_read.read_buf(&mut *s.server_in), if s.state.to_client.len() < HIGH_WATER => Event::ServerRead(r),
