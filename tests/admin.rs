@@ -127,6 +127,43 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
         Some(30.0)
     );
     assert_eq!(a.metric("switchyard_queries_total", &route), Some(30.0));
+    // Every ErrorResponse a client gets is counted by SQLSTATE class, the
+    // server's (42P01) as the proxy's own (22023).
+    let missing = client.simple_query("SELECT * FROM no_such_table").await;
+    assert_eq!(
+        missing.unwrap_err().code(),
+        Some(&SqlState::UNDEFINED_TABLE)
+    );
+    let bad_route = client
+        .simple_query("SET switchyard.route = 'nowhere'")
+        .await;
+    assert_eq!(
+        bad_route.unwrap_err().code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE)
+    );
+    assert_eq!(
+        a.metric("switchyard_errors_total", &[("class", "42")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        a.metric("switchyard_errors_total", &[("class", "22")]),
+        Some(1.0)
+    );
+    // A named statement: parsed on the server connection once (Parse: a
+    // miss), then found there by its Describe and two Binds (hits).
+    let statement = client.prepare("SELECT $1::int + 1").await.unwrap();
+    for n in 0..2 {
+        let row = client.query_one(&statement, &[&n]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), n + 1);
+    }
+    assert_eq!(
+        a.metric("switchyard_prepared_statement_cache_misses_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        a.metric("switchyard_prepared_statement_cache_hits_total", &[]),
+        Some(3.0)
+    );
     assert_eq!(
         a.metric("switchyard_client_connections", &[("state", "idle")]),
         Some(1.0)
@@ -373,6 +410,96 @@ async fn console_shows_pools_and_pause_holds_transactions_until_resume() {
         refused.code(),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_waits_for_an_open_transaction_and_holds_new_ones_until_resume() {
+    let a = Admin::start("pool_mode = \"transaction\"");
+    let open = connect(&a.app_dsn()).await;
+    let later = connect(&a.app_dsn()).await;
+    open.batch_execute("CREATE TABLE paused (x int); BEGIN; INSERT INTO paused VALUES (1)")
+        .await
+        .unwrap();
+    let console = connect(&a.console_dsn()).await;
+    let pausing = tokio::spawn(async move {
+        let outcome = console.simple_query("PAUSE").await;
+        (Instant::now(), outcome, console)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    // A new transaction is held from PAUSE on.
+    let held = tokio::spawn(async move {
+        let outcome = later.simple_query("SELECT count(*) FROM paused").await;
+        (Instant::now(), outcome)
+    });
+    // The open transaction goes on and commits; PAUSE is still waiting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    open.batch_execute("INSERT INTO paused VALUES (2); COMMIT")
+        .await
+        .expect("commit while PAUSE waits");
+    let committed = Instant::now();
+    let (paused_at, outcome, console) = tokio::time::timeout(Duration::from_secs(2), pausing)
+        .await
+        .expect("PAUSE returned once the transaction ended")
+        .unwrap();
+    outcome.expect("PAUSE");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a new transaction ran while paused");
+    let resumed = Instant::now();
+    console.simple_query("RESUME").await.unwrap();
+    let (ran_at, outcome) = tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .expect("RESUME released the held transaction")
+        .unwrap();
+    let (_, counted) = rows(&outcome.expect("no error after RESUME"));
+    assert_eq!(counted[0][0].as_deref(), Some("2"));
+    assert!(ran_at >= resumed);
+    eprintln!(
+        "PAUSE replied {:?} after the COMMIT; the held transaction ran {:?} after RESUME",
+        paused_at.saturating_duration_since(committed),
+        ran_at - resumed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_handshakes_and_failed_handshakes_are_counted() {
+    use support::tls::{TestCa, client_config, connect_tls};
+    let ca = TestCa::new("switchyard test CA");
+    let cert = ca.issue("proxy", &["localhost", "127.0.0.1"]);
+    let a = Admin::start(&format!(
+        "pool_mode = \"transaction\"\n[tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"",
+        cert.cert_path.display(),
+        cert.key_path.display()
+    ));
+    let config: tokio_postgres::Config = a.app_dsn().parse().unwrap();
+    let mut config = config;
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let client = connect_tls(&config, client_config(&ca.ca_path(), None))
+        .await
+        .expect("TLS client");
+    client.simple_query("SELECT 1").await.unwrap();
+    // A client that asks for TLS, then sends no ClientHello but garbage.
+    use std::io::{Read, Write};
+    let mut raw = std::net::TcpStream::connect(a.proxy.addr).unwrap();
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .unwrap();
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S");
+    raw.write_all(b"this is not a TLS record\n").unwrap();
+    let _ = raw.read(&mut [0u8; 64]);
+    drop(raw);
+    wait_until("failure counted", Duration::from_secs(5), || {
+        a.metric("switchyard_tls_handshake_failures_total", &[]) == Some(1.0)
+    });
+    assert_eq!(a.metric("switchyard_tls_handshakes_total", &[]), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
