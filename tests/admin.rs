@@ -24,6 +24,11 @@ struct Admin {
 
 impl Admin {
     fn start(extra_server: &str) -> Self {
+        Self::start_with_admin(extra_server, "")
+    }
+
+    /// As [`Admin::start`], with `extra_admin` keys in `[admin]`.
+    fn start_with_admin(extra_server: &str, extra_admin: &str) -> Self {
         let cluster = LocalCluster::start(&support::spec()).expect("start cluster");
         let http_port = free_port();
         let config = proxy_config(&cluster, extra_server)
@@ -31,7 +36,10 @@ impl Admin {
                 "admin_listen = \"127.0.0.1:0\"",
                 &format!("admin_listen = \"127.0.0.1:{http_port}\""),
             )
-            .replace("[cluster]", "[admin]\nusers = [\"postgres\"]\n\n[cluster]");
+            .replace(
+                "[cluster]",
+                &format!("[admin]\nusers = [\"postgres\"]\n{extra_admin}\n\n[cluster]"),
+            );
         let proxy = ProxyProcess::start(&config);
         Self {
             proxy,
@@ -466,6 +474,100 @@ async fn pause_waits_for_an_open_transaction_and_holds_new_ones_until_resume() {
         paused_at.saturating_duration_since(committed),
         ran_at - resumed
     );
+}
+
+/// The value of `column` in the row of SHOW `what` whose first column is
+/// `first`.
+async fn console_value(
+    console: &tokio_postgres::Client,
+    what: &str,
+    first: &str,
+    column: &str,
+) -> u64 {
+    let (columns, rows) = rows(&console.simple_query(&format!("SHOW {what}")).await.unwrap());
+    let index = columns.iter().position(|c| c == column).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r[0].as_deref() == Some(first))
+        .unwrap_or_else(|| panic!("no {first} row in SHOW {what}: {rows:?}"));
+    row[index].as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_pools_maxwait_and_show_stats_averages_follow_the_traffic() {
+    let a = Admin::start_with_admin(
+        "pool_mode = \"transaction\"\n[pool]\nmax_size = 1\ncheckout_timeout = \"10s\"",
+        "stats_period = \"1s\"",
+    );
+    let console = connect(&a.console_dsn()).await;
+    let holder = connect(&a.app_dsn()).await;
+    let waiter = connect(&a.app_dsn()).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter.simple_query("SELECT 1").await.unwrap();
+        waiter
+    });
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The waiting checkout is the oldest: 1.3 s and counting.
+    let seconds = console_value(&console, "POOLS", APP_DB, "maxwait").await;
+    let micros = console_value(&console, "POOLS", APP_DB, "maxwait_us").await;
+    let waited = seconds as f64 + micros as f64 / 1e6;
+    eprintln!("maxwait {seconds} s {micros} us");
+    assert!((1.3..3.0).contains(&waited), "maxwait {waited} s");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let waiter = waiting.await.unwrap();
+    assert_eq!(console_value(&console, "POOLS", APP_DB, "maxwait").await, 0);
+    assert_eq!(
+        console_value(&console, "POOLS", APP_DB, "maxwait_us").await,
+        0
+    );
+
+    // The period that saw the long checkout averages it in.
+    let stat = |column: &'static str| {
+        let console = &console;
+        async move { console_value(console, "STATS", APP_DB, column).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut wait_time = 0;
+    while wait_time < 300_000 {
+        assert!(
+            Instant::now() < deadline,
+            "avg_wait_time stayed {wait_time}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_time = stat("avg_wait_time").await;
+    }
+    eprintln!("avg_wait_time {wait_time} us");
+    // Traffic for a while: rates per second over the last period.
+    let busy_until = Instant::now() + Duration::from_millis(2500);
+    let mut sent = 0;
+    while Instant::now() < busy_until {
+        waiter.simple_query("SELECT 1").await.unwrap();
+        sent += 1;
+    }
+    let (xacts, queries) = (stat("avg_xact_count").await, stat("avg_query_count").await);
+    let (recv, bytes_out) = (stat("avg_recv").await, stat("avg_sent").await);
+    let xact_time = stat("avg_xact_time").await;
+    eprintln!(
+        "{sent} transactions in 2.5 s; last period: avg_xact_count {xacts}, avg_query_count {queries}, avg_recv {recv}, avg_sent {bytes_out}, avg_xact_time {xact_time} us"
+    );
+    assert!(xacts > 0 && xacts <= sent, "avg_xact_count {xacts}");
+    assert_eq!(queries, xacts, "one query per transaction");
+    assert!(
+        recv > 0 && bytes_out > recv,
+        "avg_recv {recv}, avg_sent {bytes_out}"
+    );
+    assert!(
+        xact_time > 0 && xact_time < 1_000_000,
+        "avg_xact_time {xact_time}"
+    );
+    // A quiet period brings the rates back to 0.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat("avg_xact_count").await > 0 {
+        assert!(Instant::now() < deadline, "avg_xact_count stayed above 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stat("avg_xact_time").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
