@@ -121,8 +121,15 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
     // A known number of transactions: 25 autocommit queries and 5 explicit
     // transactions of three statements each.
     let client = connect(&a.app_dsn()).await;
-    for _ in 0..25 {
+    // Counted before the client sees the end of each one: a scrape right
+    // after the reply finds it, every time.
+    for n in 1..=25 {
         client.simple_query("SELECT 1").await.unwrap();
+        assert_eq!(
+            a.metric("switchyard_transactions_total", &route),
+            Some(f64::from(n)),
+            "transaction {n} not counted by the time its client saw the end"
+        );
     }
     for _ in 0..5 {
         client
@@ -811,5 +818,28 @@ fn session_pooled_clients_are_active_and_their_queries_counted(a: &Admin) {
             a.metric("switchyard_server_connections", &active),
             Some(1.0)
         );
+        // The server's errors are counted as they are relayed.
+        let missing = client.simple_query("SELECT * FROM no_such_table").await;
+        assert_eq!(
+            missing.unwrap_err().code(),
+            Some(&SqlState::UNDEFINED_TABLE)
+        );
+        assert_eq!(
+            a.metric("switchyard_errors_total", &[("class", "42")]),
+            Some(1.0)
+        );
+        // PAUSE waits for the session-pooled client to leave, as PgBouncer's.
+        let console = connect(&a.console_dsn()).await;
+        let pausing = tokio::spawn(async move { console.simple_query("PAUSE").await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!pausing.is_finished(), "PAUSE returned with a session open");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(2), pausing)
+            .await
+            .expect("PAUSE returned once the session ended")
+            .unwrap()
+            .expect("PAUSE");
+        let console = connect(&a.console_dsn()).await;
+        console.simple_query("RESUME").await.unwrap();
     });
 }
