@@ -98,6 +98,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// PAUSE/RESUME of new transactions.
     pub pause: Pause,
+    /// SHOW STATS' averages over the last stats period.
+    pub averages: crate::admin::averages::PeriodAverages,
     /// Requests from the admin console (SHUTDOWN).
     pub control: Control,
     /// The configuration file, re-read by reloads; `None` when the proxy
@@ -199,6 +201,7 @@ impl Proxy {
             clients: Arc::default(),
             readiness: Readiness::default(),
             pause: Pause::default(),
+            averages: Default::default(),
             control: Control::default(),
             config_path: path,
             limits: Arc::default(),
@@ -251,6 +254,10 @@ impl Proxy {
         ));
         let admin_stop = CancellationToken::new();
         self.start_admin(&admin_stop);
+        tokio::spawn(crate::admin::averages::run(
+            Arc::clone(&self.shared),
+            admin_stop.clone(),
+        ));
         // Runs until the very end: cancels are forwarded during the drain too.
         tokio::spawn(crate::peers::discovery::run(
             Arc::clone(&self.shared),

@@ -24,6 +24,11 @@ struct Admin {
 
 impl Admin {
     fn start(extra_server: &str) -> Self {
+        Self::start_with_admin(extra_server, "")
+    }
+
+    /// As [`Admin::start`], with `extra_admin` keys in `[admin]`.
+    fn start_with_admin(extra_server: &str, extra_admin: &str) -> Self {
         let cluster = LocalCluster::start(&support::spec()).expect("start cluster");
         let http_port = free_port();
         let config = proxy_config(&cluster, extra_server)
@@ -31,7 +36,10 @@ impl Admin {
                 "admin_listen = \"127.0.0.1:0\"",
                 &format!("admin_listen = \"127.0.0.1:{http_port}\""),
             )
-            .replace("[cluster]", "[admin]\nusers = [\"postgres\"]\n\n[cluster]");
+            .replace(
+                "[cluster]",
+                &format!("[admin]\nusers = [\"postgres\"]\n{extra_admin}\n\n[cluster]"),
+            );
         let proxy = ProxyProcess::start(&config);
         Self {
             proxy,
@@ -113,8 +121,15 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
     // A known number of transactions: 25 autocommit queries and 5 explicit
     // transactions of three statements each.
     let client = connect(&a.app_dsn()).await;
-    for _ in 0..25 {
+    // Counted before the client sees the end of each one: a scrape right
+    // after the reply finds it, every time.
+    for n in 1..=25 {
         client.simple_query("SELECT 1").await.unwrap();
+        assert_eq!(
+            a.metric("switchyard_transactions_total", &route),
+            Some(f64::from(n)),
+            "transaction {n} not counted by the time its client saw the end"
+        );
     }
     for _ in 0..5 {
         client
@@ -127,6 +142,43 @@ async fn metrics_count_transactions_during_pgbench_with_bounded_labels() {
         Some(30.0)
     );
     assert_eq!(a.metric("switchyard_queries_total", &route), Some(30.0));
+    // Every ErrorResponse a client gets is counted by SQLSTATE class, the
+    // server's (42P01) as the proxy's own (22023).
+    let missing = client.simple_query("SELECT * FROM no_such_table").await;
+    assert_eq!(
+        missing.unwrap_err().code(),
+        Some(&SqlState::UNDEFINED_TABLE)
+    );
+    let bad_route = client
+        .simple_query("SET switchyard.route = 'nowhere'")
+        .await;
+    assert_eq!(
+        bad_route.unwrap_err().code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE)
+    );
+    assert_eq!(
+        a.metric("switchyard_errors_total", &[("class", "42")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        a.metric("switchyard_errors_total", &[("class", "22")]),
+        Some(1.0)
+    );
+    // A named statement: parsed on the server connection once (Parse: a
+    // miss), then found there by its Describe and two Binds (hits).
+    let statement = client.prepare("SELECT $1::int + 1").await.unwrap();
+    for n in 0..2 {
+        let row = client.query_one(&statement, &[&n]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), n + 1);
+    }
+    assert_eq!(
+        a.metric("switchyard_prepared_statement_cache_misses_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        a.metric("switchyard_prepared_statement_cache_hits_total", &[]),
+        Some(3.0)
+    );
     assert_eq!(
         a.metric("switchyard_client_connections", &[("state", "idle")]),
         Some(1.0)
@@ -376,6 +428,190 @@ async fn console_shows_pools_and_pause_holds_transactions_until_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pause_waits_for_an_open_transaction_and_holds_new_ones_until_resume() {
+    let a = Admin::start("pool_mode = \"transaction\"");
+    let open = connect(&a.app_dsn()).await;
+    let later = connect(&a.app_dsn()).await;
+    open.batch_execute("CREATE TABLE paused (x int); BEGIN; INSERT INTO paused VALUES (1)")
+        .await
+        .unwrap();
+    let console = connect(&a.console_dsn()).await;
+    let pausing = tokio::spawn(async move {
+        let outcome = console.simple_query("PAUSE").await;
+        (Instant::now(), outcome, console)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    // A new transaction is held from PAUSE on.
+    let held = tokio::spawn(async move {
+        let outcome = later.simple_query("SELECT count(*) FROM paused").await;
+        (Instant::now(), outcome)
+    });
+    // The open transaction goes on and commits; PAUSE is still waiting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    open.batch_execute("INSERT INTO paused VALUES (2); COMMIT")
+        .await
+        .expect("commit while PAUSE waits");
+    let committed = Instant::now();
+    let (paused_at, outcome, console) = tokio::time::timeout(Duration::from_secs(2), pausing)
+        .await
+        .expect("PAUSE returned once the transaction ended")
+        .unwrap();
+    outcome.expect("PAUSE");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a new transaction ran while paused");
+    let resumed = Instant::now();
+    console.simple_query("RESUME").await.unwrap();
+    let (ran_at, outcome) = tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .expect("RESUME released the held transaction")
+        .unwrap();
+    let (_, counted) = rows(&outcome.expect("no error after RESUME"));
+    assert_eq!(counted[0][0].as_deref(), Some("2"));
+    assert!(ran_at >= resumed);
+    eprintln!(
+        "PAUSE replied {:?} after the COMMIT; the held transaction ran {:?} after RESUME",
+        paused_at.saturating_duration_since(committed),
+        ran_at - resumed
+    );
+}
+
+/// The value of `column` in the row of SHOW `what` whose first column is
+/// `first`.
+async fn console_value(
+    console: &tokio_postgres::Client,
+    what: &str,
+    first: &str,
+    column: &str,
+) -> u64 {
+    let (columns, rows) = rows(&console.simple_query(&format!("SHOW {what}")).await.unwrap());
+    let index = columns.iter().position(|c| c == column).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r[0].as_deref() == Some(first))
+        .unwrap_or_else(|| panic!("no {first} row in SHOW {what}: {rows:?}"));
+    row[index].as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_pools_maxwait_and_show_stats_averages_follow_the_traffic() {
+    let a = Admin::start_with_admin(
+        "pool_mode = \"transaction\"\n[pool]\nmax_size = 1\ncheckout_timeout = \"10s\"",
+        "stats_period = \"1s\"",
+    );
+    let console = connect(&a.console_dsn()).await;
+    let holder = connect(&a.app_dsn()).await;
+    let waiter = connect(&a.app_dsn()).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter.simple_query("SELECT 1").await.unwrap();
+        waiter
+    });
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The waiting checkout is the oldest: 1.3 s and counting.
+    let seconds = console_value(&console, "POOLS", APP_DB, "maxwait").await;
+    let micros = console_value(&console, "POOLS", APP_DB, "maxwait_us").await;
+    let waited = seconds as f64 + micros as f64 / 1e6;
+    eprintln!("maxwait {seconds} s {micros} us");
+    assert!((1.3..3.0).contains(&waited), "maxwait {waited} s");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let waiter = waiting.await.unwrap();
+    assert_eq!(console_value(&console, "POOLS", APP_DB, "maxwait").await, 0);
+    assert_eq!(
+        console_value(&console, "POOLS", APP_DB, "maxwait_us").await,
+        0
+    );
+
+    // The period that saw the long checkout averages it in.
+    let stat = |column: &'static str| {
+        let console = &console;
+        async move { console_value(console, "STATS", APP_DB, column).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut wait_time = 0;
+    while wait_time < 300_000 {
+        assert!(
+            Instant::now() < deadline,
+            "avg_wait_time stayed {wait_time}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_time = stat("avg_wait_time").await;
+    }
+    eprintln!("avg_wait_time {wait_time} us");
+    // Traffic for a while: rates per second over the last period.
+    let busy_until = Instant::now() + Duration::from_millis(2500);
+    let mut sent = 0;
+    while Instant::now() < busy_until {
+        waiter.simple_query("SELECT 1").await.unwrap();
+        sent += 1;
+    }
+    let (xacts, queries) = (stat("avg_xact_count").await, stat("avg_query_count").await);
+    let (recv, bytes_out) = (stat("avg_recv").await, stat("avg_sent").await);
+    let xact_time = stat("avg_xact_time").await;
+    eprintln!(
+        "{sent} transactions in 2.5 s; last period: avg_xact_count {xacts}, avg_query_count {queries}, avg_recv {recv}, avg_sent {bytes_out}, avg_xact_time {xact_time} us"
+    );
+    assert!(xacts > 0 && xacts <= sent, "avg_xact_count {xacts}");
+    assert_eq!(queries, xacts, "one query per transaction");
+    assert!(
+        recv > 0 && bytes_out > recv,
+        "avg_recv {recv}, avg_sent {bytes_out}"
+    );
+    assert!(
+        xact_time > 0 && xact_time < 1_000_000,
+        "avg_xact_time {xact_time}"
+    );
+    // A quiet period brings the rates back to 0.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat("avg_xact_count").await > 0 {
+        assert!(Instant::now() < deadline, "avg_xact_count stayed above 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stat("avg_xact_time").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_handshakes_and_failed_handshakes_are_counted() {
+    use support::tls::{TestCa, client_config, connect_tls};
+    let ca = TestCa::new("switchyard test CA");
+    let cert = ca.issue("proxy", &["localhost", "127.0.0.1"]);
+    let a = Admin::start(&format!(
+        "pool_mode = \"transaction\"\n[tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"",
+        cert.cert_path.display(),
+        cert.key_path.display()
+    ));
+    let config: tokio_postgres::Config = a.app_dsn().parse().unwrap();
+    let mut config = config;
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let client = connect_tls(&config, client_config(&ca.ca_path(), None))
+        .await
+        .expect("TLS client");
+    client.simple_query("SELECT 1").await.unwrap();
+    // A client that asks for TLS, then sends no ClientHello but garbage.
+    use std::io::{Read, Write};
+    let mut raw = std::net::TcpStream::connect(a.proxy.addr).unwrap();
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .unwrap();
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S");
+    raw.write_all(b"this is not a TLS record\n").unwrap();
+    let _ = raw.read(&mut [0u8; 64]);
+    drop(raw);
+    wait_until("failure counted", Duration::from_secs(5), || {
+        a.metric("switchyard_tls_handshake_failures_total", &[]) == Some(1.0)
+    });
+    assert_eq!(a.metric("switchyard_tls_handshakes_total", &[]), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reload_applies_a_new_pool_size_and_refuses_an_invalid_file() {
     let a = Admin::start(
         "pool_mode = \"transaction\"\n[pool]\nmax_size = 1\ncheckout_timeout = \"500ms\"",
@@ -582,5 +818,28 @@ fn session_pooled_clients_are_active_and_their_queries_counted(a: &Admin) {
             a.metric("switchyard_server_connections", &active),
             Some(1.0)
         );
+        // The server's errors are counted as they are relayed.
+        let missing = client.simple_query("SELECT * FROM no_such_table").await;
+        assert_eq!(
+            missing.unwrap_err().code(),
+            Some(&SqlState::UNDEFINED_TABLE)
+        );
+        assert_eq!(
+            a.metric("switchyard_errors_total", &[("class", "42")]),
+            Some(1.0)
+        );
+        // PAUSE waits for the session-pooled client to leave, as PgBouncer's.
+        let console = connect(&a.console_dsn()).await;
+        let pausing = tokio::spawn(async move { console.simple_query("PAUSE").await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!pausing.is_finished(), "PAUSE returned with a session open");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(2), pausing)
+            .await
+            .expect("PAUSE returned once the session ended")
+            .unwrap()
+            .expect("PAUSE");
+        let console = connect(&a.console_dsn()).await;
+        console.simple_query("RESUME").await.unwrap();
     });
 }

@@ -66,8 +66,10 @@ async fn refuse(mut stream: TcpStream, shared: &Shared) {
                 return;
             }
             Ok(StartupPacket::Startup { .. }) => {
-                let error = ClientError::fatal("57P03", "the database system is shutting down");
-                let _ = stream.write_all(&error.to_bytes()).await;
+                let error =
+                    ClientError::fatal("57P03", "the database system is shutting down").to_bytes();
+                shared.metrics.errors_in(&error);
+                let _ = stream.write_all(&error).await;
                 let _ = stream.shutdown().await;
                 return;
             }

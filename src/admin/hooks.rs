@@ -28,24 +28,13 @@ pub struct Traffic {
     pub queries: u64,
 }
 
-/// A login was refused: counted by SQLSTATE class, and wrong passwords
-/// and unknown users as auth failures.
+/// Authentication failed: wrong passwords and unknown users count as auth
+/// failures. (The ErrorResponse the client gets is counted by class where
+/// it is sent.)
 pub fn login_failed(shared: &Shared, error: &SessionError) {
     if matches!(error, SessionError::WrongPassword(_)) {
         shared.metrics.auth_failures.inc();
     }
-    if let Some(code) = error.to_client().as_deref().and_then(sqlstate) {
-        shared.metrics.error(code);
-    }
-}
-
-/// The SQLSTATE (`C` field) of an ErrorResponse frame.
-fn sqlstate(frame: &[u8]) -> Option<&str> {
-    frame
-        .get(5..)?
-        .split(|&b| b == 0)
-        .find_map(|field| field.strip_prefix(b"C"))
-        .and_then(|code| std::str::from_utf8(code).ok())
 }
 
 /// A client logged in: listed (SHOW CLIENTS, client gauges) until the
@@ -112,8 +101,10 @@ pub async fn console(
         let error = ClientError::fatal(
             "28000",
             format!("user \"{user}\" may not use the admin console (admin.users)"),
-        );
-        let _ = client.write_all(&error.to_bytes()).await;
+        )
+        .to_bytes();
+        shared.metrics.errors_in(&error);
+        let _ = client.write_all(&error).await;
         let _ = client.shutdown().await;
         return;
     }
@@ -122,16 +113,4 @@ pub async fn console(
         .clients
         .register(client_info(params, peer, None, true));
     super::console::serve(client, early, shared, shutdown).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlstate_is_read_from_an_error_response() {
-        let frame = ClientError::fatal("28P01", "password authentication failed").to_bytes();
-        assert_eq!(sqlstate(&frame), Some("28P01"));
-        assert_eq!(sqlstate(b"E"), None);
-    }
 }

@@ -2,6 +2,7 @@
 //! `/readyz`, `/topology`), the PgBouncer-style admin console, hot
 //! reload, and what a drain does to new clients.
 
+pub mod averages;
 pub mod clients;
 pub mod console;
 pub mod drain;

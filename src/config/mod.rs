@@ -82,13 +82,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[admin]`: who may use the admin console.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[admin]`: who may use the admin console, and its statistics.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Users (each also listed in `[[users]]`, which authenticates them)
     /// who may connect to the virtual database `switchyard` or `pgbouncer`.
     pub users: Vec<String>,
+    /// The period `SHOW STATS`' `avg_*` columns average over (PgBouncer's
+    /// `stats_period`).
+    #[serde(with = "humantime_serde")]
+    pub stats_period: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            stats_period: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[server]`: the client-facing side of the proxy.
@@ -522,6 +535,12 @@ impl Config {
     }
 
     fn validate_admin(&self) -> Result<(), ConfigError> {
+        if self.admin.stats_period < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "admin.stats_period",
+                "must be at least 1s",
+            ));
+        }
         for (index, name) in self.admin.users.iter().enumerate() {
             if self.user(name).is_none() {
                 return Err(ConfigError::invalid(

@@ -14,6 +14,7 @@
 //! source at scrape time by [`scrape`].
 
 mod error;
+mod errors;
 mod pool;
 pub mod scrape;
 
@@ -23,6 +24,7 @@ use prometheus::{
 };
 
 pub use error::MetricsError;
+pub use errors::ErrorClasses;
 pub use pool::{PoolMetrics, PoolTotalsSnapshot, RouteMetrics};
 
 /// Buckets for waits and transaction times, in seconds: 100 µs to 30 s.
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub bytes_sent: IntCounter,
     /// `switchyard_errors_total{class}`: errors sent to clients, by SQLSTATE class.
     pub errors: IntCounterVec,
+    /// The same family's children, for counting without a label lookup.
+    pub error_classes: ErrorClasses,
     /// `switchyard_pins_total{reason}`: clients pinned to a server connection.
     pub pins: IntCounterVec,
     /// `switchyard_prepared_statement_cache_hits_total`.
@@ -155,6 +159,11 @@ impl Metrics {
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&r, IntGaugeVec::new(Opts::new(name, help), labels))
         };
+        let errors = counter_vec(
+            "errors_total",
+            "ErrorResponses sent or relayed to clients (the server's and the proxy's own), by SQLSTATE class (first two characters).",
+            &["class"],
+        )?;
         let build = gauge_vec("build_info", "Version of the running binary.", &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let metrics = Self {
@@ -231,11 +240,8 @@ impl Metrics {
             )?,
             bytes_received: counter("client_received_bytes_total", "Bytes read from clients.")?,
             bytes_sent: counter("client_sent_bytes_total", "Bytes written to clients.")?,
-            errors: counter_vec(
-                "errors_total",
-                "Errors the proxy sent to clients, by SQLSTATE class (first two characters).",
-                &["class"],
-            )?,
+            errors: errors.clone(),
+            error_classes: ErrorClasses::new(errors),
             pins: counter_vec(
                 "pins_total",
                 "Clients pinned to their server connection, by reason.",
@@ -243,11 +249,11 @@ impl Metrics {
             )?,
             prepared_cache_hits: counter(
                 "prepared_statement_cache_hits_total",
-                "Prepared statements found already parsed on the server connection.",
+                "Uses (Parse, Bind, Describe) of a client's named prepared statement that found it already parsed on the server connection (transaction pooling).",
             )?,
             prepared_cache_misses: counter(
                 "prepared_statement_cache_misses_total",
-                "Prepared statements that had to be parsed on the server connection.",
+                "Uses of a client's named prepared statement that made the proxy parse it on the server connection first (transaction pooling).",
             )?,
             replica_lag_bytes: gauge_vec(
                 "replica_lag_bytes",
@@ -377,11 +383,16 @@ impl Metrics {
         RouteMetrics::resolve(self, node, role)
     }
 
-    /// Counts one error sent to a client, by its SQLSTATE's class. Resolves
-    /// a label: for error paths, not for every message.
+    /// Counts one error sent to a client, by its SQLSTATE's class (an
+    /// atomic add once the class has been seen).
     pub fn error(&self, sqlstate: &str) {
-        let class = sqlstate.get(..2).unwrap_or("XX");
-        self.errors.with_label_values(&[class]).inc();
+        self.error_classes.count(sqlstate.as_bytes());
+    }
+
+    /// Counts the ErrorResponses among `frames` (whole frames the proxy
+    /// wrote itself), by class.
+    pub fn errors_in(&self, frames: &[u8]) {
+        self.error_classes.count_frames(frames);
     }
 
     /// Publishes a node's role (`primary`, `replica`, `unknown`) and
@@ -457,8 +468,9 @@ impl Metrics {
         }
     }
 
-    /// A prepared statement was (`hit`) or was not yet parsed on the
-    /// connection that serves it.
+    /// A client's named prepared statement was used (Parse, Bind or
+    /// Describe) and was already parsed (`hit`) on the connection serving
+    /// it, or had to be parsed there first.
     pub fn prepared_statement(&self, hit: bool) {
         if hit {
             self.prepared_cache_hits.inc();

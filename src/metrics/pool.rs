@@ -106,6 +106,8 @@ pub struct PoolTotalsSnapshot {
     pub sent: u64,
     /// Microseconds checkouts waited.
     pub wait_micros: u64,
+    /// Checkouts (each timed in `wait_micros`).
+    pub checkouts: u64,
 }
 
 impl PoolMetrics {
@@ -169,6 +171,7 @@ impl PoolMetrics {
             received: t.received.load(Relaxed),
             sent: t.sent.load(Relaxed),
             wait_micros: (self.checkout_wait_seconds() * 1e6) as u64,
+            checkouts: self.checkout_wait_count(),
         }
     }
 

@@ -43,7 +43,7 @@ impl Pool {
         if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
             return Ok(permit);
         }
-        let _waiting = Waiting::enter(&self.waiting);
+        let _waiting = Waiting::enter(&self.waiting, &self.wait_clock);
         let wait = Arc::clone(&self.permits).acquire_owned();
         match tokio::time::timeout(self.settings.load().checkout_timeout, wait).await {
             Ok(Ok(permit)) => Ok(permit),

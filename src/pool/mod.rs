@@ -63,7 +63,7 @@ pub use settings::PoolSettings;
 pub use stats::{IdleServer, PoolStats};
 
 use idle::IdleList;
-use stats::{Counters, Gauges};
+use stats::{Counters, Gauges, WaitClock};
 
 use crate::metrics::PoolMetrics;
 
@@ -88,6 +88,8 @@ pub struct Pool {
     active: AtomicUsize,
     /// Checkouts waiting for a permit.
     waiting: AtomicUsize,
+    /// When they began waiting (for `maxwait`).
+    wait_clock: WaitClock,
     counters: Counters,
     /// ParameterStatus frames of the first connection opened.
     server_parameters: OnceLock<Bytes>,
@@ -140,6 +142,7 @@ impl Pool {
             node,
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            wait_clock: WaitClock::default(),
             counters: Counters::default(),
             server_parameters: OnceLock::new(),
             retire_before: ArcSwap::from_pointee(None),
@@ -175,6 +178,7 @@ impl Pool {
     /// The pool's gauges and counters now.
     pub fn stats(&self) -> PoolStats {
         self.counters.snapshot(Gauges {
+            max_wait: self.wait_clock.longest(),
             idle: self.idle.len(),
             active: self.active.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),

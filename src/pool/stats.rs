@@ -1,6 +1,7 @@
 //! What a pool reports for metrics and `SHOW POOLS`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// A snapshot of one pool's gauges and counters.
 ///
@@ -9,6 +10,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// only ever grow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
+    /// How long the longest-waiting checkout waiting now has waited
+    /// (PgBouncer's `maxwait`); zero when none waits.
+    pub max_wait: Duration,
     /// Connections idle in the pool, ready to be handed out.
     pub idle: usize,
     /// Connections checked out by sessions.
@@ -69,6 +73,7 @@ pub(super) fn bump(counter: &AtomicU64) {
 
 /// The pool's gauges at one moment.
 pub(super) struct Gauges {
+    pub max_wait: Duration,
     pub idle: usize,
     pub active: usize,
     pub waiting: usize,
@@ -80,6 +85,7 @@ impl Counters {
     pub fn snapshot(&self, gauges: Gauges) -> PoolStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         PoolStats {
+            max_wait: gauges.max_wait,
             idle: gauges.idle,
             active: gauges.active,
             waiting: gauges.waiting,
@@ -96,20 +102,108 @@ impl Counters {
     }
 }
 
-/// Counts one waiter in a gauge for as long as it lives (also when the
-/// waiting future is cancelled).
-pub(super) struct Waiting<'a>(&'a AtomicUsize);
+/// Waiters whose start is kept, at most: the oldest ones, since checkouts
+/// wait first come, first served. Beyond that, `maxwait` is still right
+/// as long as one of the first ones waits.
+const WAIT_SLOTS: usize = 32;
+
+/// When each waiting checkout began, for `maxwait`, kept without a lock:
+/// a waiter claims a free slot with a compare-and-swap and clears it when
+/// it stops waiting (only checkouts that wait pay for this).
+#[derive(Debug)]
+pub(super) struct WaitClock {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` plus one; 0 is a free slot.
+    slots: [AtomicU64; WAIT_SLOTS],
+}
+
+impl Default for WaitClock {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl WaitClock {
+    /// How long the longest waiter has waited; zero when none waits.
+    pub fn longest(&self) -> Duration {
+        let oldest = self
+            .slots
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|&start| start != 0)
+            .min();
+        oldest.map_or(Duration::ZERO, |start| {
+            let began = self.epoch + Duration::from_nanos(start - 1);
+            began.elapsed()
+        })
+    }
+
+    /// Claims a slot holding now; `None` when all are taken.
+    fn start(&self) -> Option<usize> {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        self.slots.iter().position(|slot| {
+            slot.compare_exchange(0, nanos, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+}
+
+/// Counts one waiter in a gauge, and its start in a [`WaitClock`], for as
+/// long as it lives (also when the waiting future is cancelled).
+pub(super) struct Waiting<'a> {
+    gauge: &'a AtomicUsize,
+    clock: &'a WaitClock,
+    slot: Option<usize>,
+}
 
 impl<'a> Waiting<'a> {
-    /// Adds one to `gauge` until the returned guard is dropped.
-    pub fn enter(gauge: &'a AtomicUsize) -> Self {
+    /// Adds one to `gauge` and starts a clock in `clock` until the
+    /// returned guard is dropped.
+    pub fn enter(gauge: &'a AtomicUsize, clock: &'a WaitClock) -> Self {
         gauge.fetch_add(1, Ordering::Relaxed);
-        Self(gauge)
+        Self {
+            gauge,
+            clock,
+            slot: clock.start(),
+        }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = self.slot {
+            self.clock.slots[slot].store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_wait_is_the_oldest_waiter_still_waiting() {
+        let gauge = AtomicUsize::new(0);
+        let clock = WaitClock::default();
+        assert_eq!(clock.longest(), Duration::ZERO);
+        let first = Waiting::enter(&gauge, &clock);
+        std::thread::sleep(Duration::from_millis(30));
+        let second = Waiting::enter(&gauge, &clock);
+        assert!(clock.longest() >= Duration::from_millis(30));
+        drop(first);
+        assert!(clock.longest() < Duration::from_millis(30));
+        assert_eq!(gauge.load(Ordering::Relaxed), 1);
+        drop(second);
+        assert_eq!(clock.longest(), Duration::ZERO);
+        // More waiters than slots: the first ones are timed.
+        let many: Vec<_> = (0..WAIT_SLOTS + 3)
+            .map(|_| Waiting::enter(&gauge, &clock))
+            .collect();
+        assert!(many[..WAIT_SLOTS].iter().all(|w| w.slot.is_some()));
+        assert!(many[WAIT_SLOTS..].iter().all(|w| w.slot.is_none()));
     }
 }

@@ -10,8 +10,10 @@ use super::ProtocolError;
 use super::frame::{HEADER_LEN, check_length};
 
 /// How many leading body bytes the scanner keeps for each frame: enough for
-/// ReadyForQuery's status, a Terminate, or the start of an ErrorResponse.
-pub const HEAD_LEN: usize = 8;
+/// ReadyForQuery's status, a Terminate, or an ErrorResponse's severity and
+/// SQLSTATE (PostgreSQL sends `S`, `V` and `C` first; 48 bytes leave room
+/// for a localized severity).
+pub const HEAD_LEN: usize = 48;
 
 /// Tracks frame boundaries across arbitrarily split reads.
 #[derive(Debug)]
@@ -160,7 +162,8 @@ mod tests {
             (b'Z', b"I".to_vec()),
             (b'D', vec![7u8; HEAD_LEN]),
             (b'X', vec![]),
-            (b'E', b"SFATAL\0C".to_vec()),
+            // Short enough to be kept whole: the code is in the head.
+            (b'E', b"SFATAL\0C57P01\0\0".to_vec()),
         ];
         for piece in 1..=stream.len() {
             assert_eq!(scan_in_pieces(&stream, piece), expected, "piece {piece}");

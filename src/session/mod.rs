@@ -98,12 +98,13 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     let primary = match wait_for_primary(&shared.topology, failover_timeout).await {
         Ok(primary) => primary,
         Err(error) => {
-            reject::<()>(&mut client, peer, &SessionError::NoPrimary(error)).await;
+            reject::<()>(&shared, &mut client, peer, &SessionError::NoPrimary(error)).await;
             return;
         }
     };
-    // PAUSE holds new session-pooled sessions before they get a server.
-    shared.pause.wait_resumed().await;
+    // PAUSE holds new session-pooled sessions before they get a server,
+    // and waits for the running ones to end (PgBouncer's session pooling).
+    let _active = shared.pause.enter().await;
     // Held for the session's life: its server connection counts against
     // this pod's share of the node's connection budget.
     let waited = settings.config.pool.checkout_timeout;
@@ -113,7 +114,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
             waited,
             share: shared.pools.node_budget(),
         };
-        reject::<()>(&mut client, peer, &error).await;
+        reject::<()>(&shared, &mut client, peer, &error).await;
         return;
     };
     let server = backend::connect(
@@ -127,7 +128,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     let mut server = match server {
         Ok(server) => server,
         Err(error) => {
-            reject::<()>(&mut client, peer, &SessionError::Backend(error)).await;
+            reject::<()>(&shared, &mut client, peer, &SessionError::Backend(error)).await;
             return;
         }
     };
@@ -161,7 +162,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         );
         if !(server_left && activity.can_move() && shared.topology.primary_left(&server.addr).await)
         {
-            finish(client, server, end, &activity).await;
+            finish(&shared, client, server, end, &activity).await;
             return;
         }
         // The primary went away between two transactions of the session,
@@ -184,6 +185,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
                 if farewell.is_empty() {
                     farewell.extend_from_slice(&lost_server(&server.addr));
                 }
+                shared.metrics.errors_in(&farewell);
                 let _ = client.write_all(&farewell).await;
                 let _ = client.shutdown().await;
                 return;
@@ -295,14 +297,24 @@ async fn admit(
     let deadline = tokio::time::Instant::now() + server_config.startup_timeout;
     let mut buf = BytesMut::with_capacity(1024);
     let acceptor = settings.client_tls.as_ref();
-    let opened = negotiate::open(tcp, &mut buf, acceptor, settings.config.tls.mode, deadline).await;
+    let opened = negotiate::open(
+        tcp,
+        &mut buf,
+        acceptor,
+        settings.config.tls.mode,
+        deadline,
+        &shared.metrics,
+    )
+    .await;
     let Opened {
         mut client,
         opening,
         binding,
     } = match opened {
         Ok(opened) => opened,
-        Err(Refused::Tell(mut client, error)) => return reject(&mut client, peer, &error).await,
+        Err(Refused::Tell(mut client, error)) => {
+            return reject(shared, &mut client, peer, &error).await;
+        }
         Err(Refused::Silent(error)) => {
             tracing::debug!(%peer, %error, "connection closed during negotiation");
             return None;
@@ -324,17 +336,17 @@ async fn admit(
                 expected: "a StartupMessage",
                 tag: b'?',
             };
-            return reject(&mut client, peer, &error).await;
+            return reject(shared, &mut client, peer, &error).await;
         }
     };
     let Some(client_slot) = client_slot else {
         let error = SessionError::TooManyClients(server_config.max_client_connections);
-        return reject(&mut client, peer, &error).await;
+        return reject(shared, &mut client, peer, &error).await;
     };
     let user = StartupPacket::param(&params, "user").unwrap_or_default();
     // Before authentication: auth passthrough would open a server connection.
     if let Err(error) = certificate_allows(&client, &settings.config.tls, &user) {
-        return reject(&mut client, peer, &error.into()).await;
+        return reject(shared, &mut client, peer, &error.into()).await;
     }
     let login = tokio::time::timeout_at(
         deadline,
@@ -352,14 +364,22 @@ async fn admit(
         Ok(Ok(authenticated)) => authenticated,
         Ok(Err(error)) => {
             crate::admin::hooks::login_failed(shared, &error);
-            return reject(&mut client, peer, &error).await;
+            return reject(shared, &mut client, peer, &error).await;
         }
-        Err(_) => return reject(&mut client, peer, &SessionError::StartupTimeout).await,
+        Err(_) => return reject(shared, &mut client, peer, &SessionError::StartupTimeout).await,
     };
     let user_slot = match authenticated.max_connections {
         Some(max) => match shared.limits.try_user(&user, max) {
             Some(slot) => Some(slot),
-            None => return reject(&mut client, peer, &SessionError::TooManyForUser(user)).await,
+            None => {
+                return reject(
+                    shared,
+                    &mut client,
+                    peer,
+                    &SessionError::TooManyForUser(user),
+                )
+                .await;
+            }
         },
         None => None,
     };
@@ -400,6 +420,7 @@ fn certificate_allows(
 
 /// Ends a session-mode session the way `end` calls for.
 async fn finish(
+    shared: &Shared,
     mut client: ClientStream,
     mut server: ServerConnection,
     end: RelayEnd,
@@ -450,6 +471,9 @@ async fn finish(
         }
     };
     if let Some(message) = message {
+        // The server's farewell (ServerLeftIdle) was not relayed, so not
+        // yet counted either.
+        shared.metrics.errors_in(&message);
         let _ = client.write_all(&message).await;
     }
     if !busy {
@@ -459,7 +483,12 @@ async fn finish(
 }
 
 /// Tells the client why it is refused and closes; `None`, for `admit`.
-async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionError) -> Option<T> {
+async fn reject<T>(
+    shared: &Shared,
+    client: &mut ClientStream,
+    peer: SocketAddr,
+    error: &SessionError,
+) -> Option<T> {
     if matches!(
         error,
         SessionError::WrongPassword(_)
@@ -475,6 +504,7 @@ async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, error: &SessionE
         tracing::debug!(%peer, %error, "client rejected");
     }
     if let Some(message) = error.to_client() {
+        shared.metrics.errors_in(&message);
         let _ = client.write_all(&message).await;
     }
     let _ = client.shutdown().await;

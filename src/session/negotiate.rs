@@ -11,6 +11,7 @@ use super::SessionError;
 use super::scram::Binding;
 use super::startup::{Opening, read_opening};
 use crate::config::TlsMode;
+use crate::metrics::Metrics;
 use crate::tls::acceptor::{ALPN_POSTGRESQL, Accepted};
 use crate::tls::{Acceptor, ClientStream, TlsError};
 
@@ -37,13 +38,15 @@ pub enum Refused {
     Silent(SessionError),
 }
 
-/// Negotiates encryption and reads the opening packet by `deadline`.
+/// Negotiates encryption and reads the opening packet by `deadline`;
+/// handshakes are counted in `metrics`.
 pub async fn open(
     mut tcp: TcpStream,
     buf: &mut BytesMut,
     acceptor: Option<&Acceptor>,
     mode: TlsMode,
     deadline: Instant,
+    metrics: &Metrics,
 ) -> Result<Opened, Refused> {
     let tls_offered = acceptor.is_some() && mode != TlsMode::Disable;
     let mut first = [0u8; 1];
@@ -62,7 +65,7 @@ pub async fn open(
             // A TLS client cannot read a plaintext error; just close.
             return Err(Refused::Silent(SessionError::Tls(TlsError::NotOffered)));
         };
-        let accepted = handshake(acceptor, tcp, deadline).await?;
+        let accepted = handshake(acceptor, tcp, deadline, metrics).await?;
         let alpn = accepted
             .stream
             .with_tls(|tls| tls.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL));
@@ -84,7 +87,7 @@ pub async fn open(
             if let Err(error) = tcp.write_all(b"S").await {
                 return Err(Refused::Silent(error.into()));
             }
-            let accepted = handshake(acceptor, tcp, deadline).await?;
+            let accepted = handshake(acceptor, tcp, deadline, metrics).await?;
             read_encrypted(accepted, buf, deadline).await
         }
         (Opening::Session { .. }, _) if mode == TlsMode::Require => Err(Refused::Tell(
@@ -99,16 +102,21 @@ pub async fn open(
     }
 }
 
+/// Runs the TLS handshake; counts it as completed or failed (a timeout
+/// is a failure too).
 async fn handshake(
     acceptor: &Acceptor,
     tcp: TcpStream,
     deadline: Instant,
+    metrics: &Metrics,
 ) -> Result<Accepted, Refused> {
-    match timeout_at(deadline, acceptor.accept(tcp)).await {
+    let result = match timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(accepted)) => Ok(accepted),
         Ok(Err(error)) => Err(Refused::Silent(SessionError::Tls(error))),
         Err(_) => Err(Refused::Silent(SessionError::StartupTimeout)),
-    }
+    };
+    metrics.tls_handshake(result.is_ok());
+    result
 }
 
 /// Reads the StartupMessage (or CancelRequest) inside TLS.

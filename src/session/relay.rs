@@ -83,6 +83,8 @@ pub struct Activity {
     sent: prometheus::IntCounter,
     /// Requests (Query, Sync, FunctionCall) sent to the server.
     queries: prometheus::IntCounter,
+    /// ErrorResponses relayed to the client, by class (none without metrics).
+    errors: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for Activity {
@@ -100,6 +102,7 @@ impl Default for Activity {
             received: detached_counter(),
             sent: detached_counter(),
             queries: detached_counter(),
+            errors: None,
         }
     }
 }
@@ -113,13 +116,14 @@ impl Activity {
     /// Activity whose client traffic adds to the proxy's byte counters and
     /// whose requests count as queries on `route`.
     pub fn counting(
-        metrics: &crate::metrics::Metrics,
+        metrics: &std::sync::Arc<crate::metrics::Metrics>,
         route: &crate::metrics::RouteMetrics,
     ) -> Self {
         Self {
             received: metrics.bytes_received.clone(),
             sent: metrics.bytes_sent.clone(),
             queries: route.query_counter(),
+            errors: Some(std::sync::Arc::clone(metrics)),
             ..Self::default()
         }
     }
@@ -309,6 +313,12 @@ where
         let scanned = scanner.scan(&buf[..n], |tag, head| {
             fatal_relayed =
                 tag == b'E' && (head.starts_with(b"SFATAL") || head.starts_with(b"SPANIC"));
+            // A FATAL while idle is the server leaving: not relayed now,
+            // so counted if and when the client is told.
+            let farewell = fatal_relayed && idle_before && activity.is_idle();
+            if let (b'E', false, Some(metrics)) = (tag, farewell, &activity.errors) {
+                metrics.error_classes.count_body(head);
+            }
             if tag == b'Z' {
                 ready = true;
                 activity.readies.fetch_add(1, Relaxed);

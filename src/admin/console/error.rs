@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::admin::reload::ReloadError;
+use crate::admin::state::PauseInterrupted;
 
 /// A console statement that could not be carried out.
 #[derive(Debug, Error)]
@@ -16,6 +17,10 @@ pub enum ConsoleError {
     /// RELOAD refused the new configuration.
     #[error("{0}")]
     Reload(#[from] ReloadError),
+    /// PAUSE gave up waiting for the active transactions (RESUME came
+    /// first); new transactions are not held.
+    #[error("PAUSE interrupted: {0}")]
+    Pause(#[from] PauseInterrupted),
 }
 
 impl ConsoleError {
@@ -25,6 +30,7 @@ impl ConsoleError {
             Self::UnknownCommand(_) => "42601",
             Self::ExtendedProtocol => "0A000",
             Self::Reload(_) => "F0000",
+            Self::Pause(_) => "57014",
         }
     }
 }

@@ -55,8 +55,9 @@ pub async fn serve(
     loop {
         let read = tokio::select! {
             () = shutdown.draining.cancelled() => {
-                let bye = ClientError::fatal("57P01", "terminating connection because switchyard is shutting down");
-                let _ = client.write_all(&bye.to_bytes()).await;
+                let bye = ClientError::fatal("57P01", "terminating connection because switchyard is shutting down").to_bytes();
+                shared.metrics.errors_in(&bye);
+                let _ = client.write_all(&bye).await;
                 return;
             }
             read = read_message(&mut client, &mut early, limit) => read,
@@ -86,6 +87,7 @@ pub async fn serve(
             }
             _ => {}
         }
+        shared.metrics.errors_in(&out);
         if client.write_all(&out).await.is_err() {
             return;
         }
@@ -161,7 +163,9 @@ async fn run_control(
     tracing::info!(?command, "admin console command");
     let tag = match command {
         Command::Pause => {
-            shared.pause.pause();
+            // Returns once the transactions running now have ended, as
+            // PgBouncer's PAUSE does; new ones wait from this moment on.
+            shared.pause.pause().await?;
             "PAUSE"
         }
         Command::Resume => {

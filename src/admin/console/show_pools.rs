@@ -35,10 +35,12 @@ struct Row {
     active: usize,
     idle: usize,
     login: usize,
+    max_wait: std::time::Duration,
     session_mode: bool,
 }
 
-/// The pools now. Session pooling has no pools: each session-pooled
+/// The pools now. `maxwait`/`maxwait_us` say how long the oldest checkout
+/// still waiting for a server connection has waited. Session pooling has no pools: each session-pooled
 /// client appears with its own server connection, grouped by node,
 /// database and user.
 pub fn show(shared: &Shared) -> Table {
@@ -69,6 +71,7 @@ pub fn show(shared: &Shared) -> Table {
         row.active = stats.active;
         row.idle = stats.idle;
         row.login = stats.open.saturating_sub(stats.active + stats.idle);
+        row.max_wait = stats.max_wait;
         rows.insert(
             (key.node.clone(), key.database.clone(), key.user.clone()),
             row,
@@ -95,8 +98,9 @@ pub fn show(shared: &Shared) -> Table {
             val(0),
             val(0),
             val(row.login),
-            val(0),
-            val(0),
+            // PgBouncer: whole seconds, then the microseconds beyond them.
+            val(row.max_wait.as_secs()),
+            val(row.max_wait.subsec_micros()),
             val(format!("{mode:?}").to_ascii_lowercase()),
             val(node),
         ]);

@@ -1,9 +1,7 @@
 //! `SHOW STATS`: totals per database, PgBouncer's columns.
 
-use std::collections::BTreeMap;
-
 use super::wire::{Table, val};
-use crate::metrics::PoolTotalsSnapshot;
+use crate::admin::averages::totals_by_database;
 use crate::proxy::Shared;
 
 /// PgBouncer's `SHOW STATS` columns.
@@ -26,25 +24,17 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 /// Totals since start per database, summed over its pools (transaction
-/// pooling). Times are in microseconds as in PgBouncer; a query is a
-/// Query or Sync message (one ReadyForQuery). The `avg_*` rates PgBouncer computes
-/// per stats period are 0 except `avg_xact_time` and `avg_wait_time`,
-/// which are averages per transaction since start.
+/// pooling), then PgBouncer's averages over the last completed stats
+/// period (`admin.stats_period`; all 0 until the first one ends): rates
+/// per second (`avg_xact_count`, `avg_query_count`, `avg_recv`,
+/// `avg_sent`) and microseconds per transaction (`avg_xact_time`) and per
+/// checkout (`avg_wait_time`). Times are in microseconds as in PgBouncer;
+/// a query is a Query or Sync message (one ReadyForQuery). Query time is
+/// not measured: `total_query_time` and `avg_query_time` are 0.
 pub fn show(shared: &Shared) -> Table {
-    let mut by_database: BTreeMap<String, PoolTotalsSnapshot> = BTreeMap::new();
-    for pool in shared.pools.all() {
-        let totals = pool.metrics().totals();
-        let sum = by_database.entry(pool.key().database.clone()).or_default();
-        sum.transactions += totals.transactions;
-        sum.transaction_micros += totals.transaction_micros;
-        sum.queries += totals.queries;
-        sum.received += totals.received;
-        sum.sent += totals.sent;
-        sum.wait_micros += totals.wait_micros;
-    }
     let mut table = Table::new(COLUMNS);
-    for (database, t) in by_database {
-        let per_xact = |micros: u64| micros.checked_div(t.transactions).unwrap_or(0);
+    for (database, t) in totals_by_database(shared) {
+        let avg = shared.averages.get(&database);
         table.row(vec![
             val(database),
             val(t.transactions),
@@ -54,13 +44,13 @@ pub fn show(shared: &Shared) -> Table {
             val(t.transaction_micros),
             val(0),
             val(t.wait_micros),
+            val(avg.xact_count),
+            val(avg.query_count),
+            val(avg.recv),
+            val(avg.sent),
+            val(avg.xact_time),
             val(0),
-            val(0),
-            val(0),
-            val(0),
-            val(per_xact(t.transaction_micros)),
-            val(0),
-            val(per_xact(t.wait_micros)),
+            val(avg.wait_time),
         ]);
     }
     table

@@ -98,6 +98,7 @@ pub async fn serve(
         Ok(Some(login)) => login,
         Ok(None) => return,
         Err(message) => {
+            shared.metrics.errors_in(&message);
             let _ = client.write_all(&message).await;
             let _ = client.shutdown().await;
             return;
@@ -400,8 +401,9 @@ impl TransactionSession {
         );
         let read = !std::mem::take(&mut self.force_primary)
             && (request.read || self.settings.read_only_by_default());
-        // PAUSE (admin console) holds new transactions here.
-        self.shared.pause.wait_resumed().await;
+        // PAUSE (admin console) holds new transactions here, and waits
+        // for this one until the guard drops at the end of the stretch.
+        let _active = self.shared.pause.enter().await;
         let Some(routed) = self.route(read, &request).await else {
             return self.flush().await;
         };
@@ -464,6 +466,7 @@ impl TransactionSession {
             &mut self.state,
             &self.catalog,
             &self.proxy.write_functions,
+            &self.shared.metrics,
             routed.plan,
             limit,
             watch,
@@ -480,6 +483,13 @@ impl TransactionSession {
         // Pinned sessions keep their connection; everyone else's cancel
         // key must stop pointing at it before it goes back to the pool.
         self.registration.set_linked(false);
+        // The relay leaves a finished transaction's last bytes to be
+        // written here, after it was counted above.
+        if matches!(end, StretchEnd::Idle) && !self.flush().await {
+            // The client is gone; its connection goes back as usual.
+            self.finish_stretch(conn, StretchEnd::Idle).await;
+            return false;
+        }
         if let StretchEnd::Retry { reusable } = end {
             if routed.plan.gated {
                 self.state.to_client.clear();
@@ -495,8 +505,9 @@ impl TransactionSession {
             }
             // The primary stays: the request was stopped for its own sake
             // (pg_terminate_backend, a session made read-only), and its
-            // answer stands.
+            // answer stands (its errors were held back uncounted).
             self.primary_failing_since = None;
+            self.shared.metrics.errors_in(&self.state.to_client);
             if !reusable {
                 return self.server_lost(conn).await;
             }
@@ -542,7 +553,6 @@ impl TransactionSession {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "request failed: no primary");
-                    self.shared.metrics.error(NoPrimary::SQLSTATE);
                     let error = ClientError {
                         severity: "ERROR",
                         code: NoPrimary::SQLSTATE,
@@ -687,12 +697,15 @@ impl TransactionSession {
                 let verb = if reset { "RESET" } else { "SET" };
                 messages::command_complete(&mut self.state.to_client, verb);
             }
-            None => ClientError {
-                severity: "ERROR",
-                code: "22023",
-                message: invalid_route(&value),
+            None => {
+                let error = ClientError {
+                    severity: "ERROR",
+                    code: "22023",
+                    message: invalid_route(&value),
+                };
+                self.shared.metrics.error(error.code);
+                error.encode(&mut self.state.to_client);
             }
-            .encode(&mut self.state.to_client),
         }
         messages::ready_for_query_idle(&mut self.state.to_client);
         true
@@ -771,6 +784,7 @@ impl TransactionSession {
     /// ReadyForQuery.
     fn fail_request(&mut self, error: Bytes) {
         use bytes::Buf;
+        self.shared.metrics.errors_in(&error);
         self.state.to_client.extend_from_slice(&error);
         let limit = self.proxy.config.server.max_message_size;
         while let Ok(Some((tag, len))) = relay::complete_frame(&self.state.client_in, limit) {
@@ -848,6 +862,7 @@ impl TransactionSession {
                     _ => None,
                 };
                 if let Some(message) = message {
+                    self.shared.metrics.errors_in(&message);
                     let _ = self.client.write_all(&self.state.to_client).await;
                     let _ = self.client.write_all(&message).await;
                 }
@@ -908,6 +923,7 @@ impl TransactionSession {
         // the client still waits for.
         let server_said_fatal = self.state.to_client.windows(7).any(|w| w == b"SFATAL\0");
         if !server_said_fatal {
+            self.shared.metrics.error(error.code);
             error.encode(&mut self.state.to_client);
         }
         for _ in 0..pending {
@@ -944,12 +960,16 @@ impl TransactionSession {
             client = self.registration.key().pid,
             "client closed after server.client_idle_timeout"
         );
-        let _ = self.client.write_all(&crate::session::idle::error()).await;
+        let error = crate::session::idle::error();
+        self.shared.metrics.errors_in(&error);
+        let _ = self.client.write_all(&error).await;
         let _ = self.client.shutdown().await;
     }
 
     async fn say_goodbye(&mut self) {
-        let _ = self.client.write_all(&shutdown_error()).await;
+        let error = shutdown_error();
+        self.shared.metrics.errors_in(&error);
+        let _ = self.client.write_all(&error).await;
         let _ = self.client.shutdown().await;
     }
 }

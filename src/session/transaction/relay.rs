@@ -21,6 +21,7 @@ use super::pins::Pins;
 use super::statements::{self, ClientStatement, ClientStatements};
 use super::tracker::{Expect, ResponseTracker, Verdict};
 use crate::backend::ServerConnection;
+use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::{HEADER_LEN, check_length};
 use crate::router::access::WriteFunctions;
@@ -142,6 +143,8 @@ struct Stretch<'a> {
     state: &'a mut ClientState,
     catalog: &'a PoolCatalog,
     functions: &'a WriteFunctions,
+    /// Errors relayed and prepared-statement cache use are counted here.
+    metrics: &'a Metrics,
     plan: Plan,
     /// Gated stretch: a request was sent and its ReadyForQuery is due.
     gate_closed: bool,
@@ -177,6 +180,7 @@ pub async fn run(
     state: &mut ClientState,
     catalog: &PoolCatalog,
     functions: &WriteFunctions,
+    metrics: &Metrics,
     plan: Plan,
     limit: usize,
     shutdown: &mut ShutdownWatch,
@@ -195,6 +199,7 @@ pub async fn run(
         state,
         catalog,
         functions,
+        metrics,
         plan,
         gate_closed: false,
         holding: plan.retryable,
@@ -222,10 +227,16 @@ pub async fn run(
         if stretch.refused && stretch.at_ready && stretch.state.tracker.is_empty() {
             return StretchEnd::Retry { reusable: true };
         }
-        let idle = stretch.at_idle_point();
-        if idle && !stretch.state.pins.is_pinned() {
+        let settled = stretch.settled();
+        if settled && !stretch.state.pins.is_pinned() {
+            // The transaction is over; its last bytes (ReadyForQuery) are
+            // the caller's to write, after it has counted the transaction,
+            // so that a client never sees the end of a transaction before
+            // the metrics do.
+            stretch.state.traffic.sent += stretch.state.to_client.len() as u64;
             return StretchEnd::Idle;
         }
+        let idle = settled && stretch.state.to_client.is_empty();
         if idle && drain_seen {
             return StretchEnd::IdleDraining;
         }
@@ -273,6 +284,10 @@ pub async fn run(
                 }
                 // Keep what the server said last (e.g. its FATAL) for the client.
                 let _ = stretch.handle_server();
+                if stretch.holding {
+                    // Delivered after all: count its errors now.
+                    stretch.metrics.errors_in(&stretch.state.to_client);
+                }
                 return StretchEnd::ServerLost;
             }
         }
@@ -295,12 +310,15 @@ pub fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize)>, P
 }
 
 impl Stretch<'_> {
-    fn at_idle_point(&self) -> bool {
+    /// Idle point reached, but for output the client has yet to be sent
+    /// (nothing held back: a held answer ends with a retry, or is
+    /// released by its ReadyForQuery).
+    fn settled(&self) -> bool {
         self.at_ready
             && self.status == b'I'
+            && !self.holding
             && self.state.tracker.is_empty()
             && (self.gate_closed || self.state.client_in.is_empty())
-            && self.state.to_client.is_empty()
             && self.to_server.is_empty()
             && self.server_in.is_empty()
             && self.server_streaming == 0
@@ -395,7 +413,9 @@ impl Stretch<'_> {
         let statement = ClientStatement::from_parse(&parse, self.functions);
         let internal = statement.internal;
         self.state.statements.define(parse.name, statement);
-        if self.prepared.contains(&internal) {
+        let hit = self.prepared.contains(&internal);
+        self.metrics.prepared_statement(hit);
+        if hit {
             self.state
                 .tracker
                 .push(Expect::Reply(super::tracker::Synthetic::ParseComplete));
@@ -415,7 +435,9 @@ impl Stretch<'_> {
             statement.pins,
             statement.sets_session_state,
         );
-        if !self.prepared.contains(&internal) {
+        let hit = self.prepared.contains(&internal);
+        self.metrics.prepared_statement(hit);
+        if !hit {
             statements::write_parse(self.to_server, internal, &statement.definition);
             self.prepared.insert(internal);
             self.state.tracker.push(Expect::InjectedParse(internal));
@@ -520,7 +542,7 @@ impl Stretch<'_> {
             if rest.len() < total {
                 if total >= STREAM_THRESHOLD && matches!(tag, b'D' | b'd') {
                     // Rows and COPY data need no inspection: stream them.
-                    self.holding = false;
+                    self.release_held();
                     self.release_replies();
                     self.server_streaming = total;
                     continue;
@@ -597,6 +619,7 @@ impl Stretch<'_> {
             self.prepared.remove(&failed);
             self.state.statements.forget_internal(failed);
         }
+        let was_holding = self.holding;
         if self.holding {
             self.watch_held(tag, frame);
         }
@@ -623,7 +646,22 @@ impl Stretch<'_> {
             self.state
                 .to_client
                 .extend_from_slice(renamed.as_deref().unwrap_or(frame));
+            if tag == b'E' && !self.holding && !was_holding {
+                self.metrics.error_classes.count_frame(frame);
+            }
+        }
+        if was_holding && !self.holding {
+            // The held answer is the client's after all, this frame
+            // included: count its errors (a retried one never is).
+            self.metrics.errors_in(&self.state.to_client);
         }
         self.release_replies();
+    }
+
+    /// Stops holding the answer back; counts the errors it holds.
+    fn release_held(&mut self) {
+        if std::mem::take(&mut self.holding) {
+            self.metrics.errors_in(&self.state.to_client);
+        }
     }
 }
