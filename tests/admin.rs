@@ -555,9 +555,18 @@ async fn show_pools_maxwait_and_show_stats_averages_follow_the_traffic() {
     let (xacts, queries) = (stat("avg_xact_count").await, stat("avg_query_count").await);
     let (recv, bytes_out) = (stat("avg_recv").await, stat("avg_sent").await);
     let xact_time = stat("avg_xact_time").await;
+    let query_time = stat("avg_query_time").await;
+    let total_query_time = stat("total_query_time").await;
     eprintln!(
-        "{sent} transactions in 2.5 s; last period: avg_xact_count {xacts}, avg_query_count {queries}, avg_recv {recv}, avg_sent {bytes_out}, avg_xact_time {xact_time} us"
+        "{sent} transactions in 2.5 s; last period: avg_xact_count {xacts}, avg_query_count {queries}, avg_recv {recv}, avg_sent {bytes_out}, avg_xact_time {xact_time} us, avg_query_time {query_time} us; total_query_time {total_query_time} us"
     );
+    // A query is timed from its forwarding to its ReadyForQuery, inside
+    // the transaction's own time.
+    assert!(
+        query_time > 0 && query_time <= xact_time,
+        "avg_query_time {query_time}, avg_xact_time {xact_time}"
+    );
+    assert!(total_query_time >= query_time);
     assert!(xacts > 0 && xacts <= sent, "avg_xact_count {xacts}");
     assert_eq!(queries, xacts, "one query per transaction");
     assert!(
@@ -575,6 +584,7 @@ async fn show_pools_maxwait_and_show_stats_averages_follow_the_traffic() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(stat("avg_xact_time").await, 0);
+    assert_eq!(stat("avg_query_time").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

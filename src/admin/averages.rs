@@ -27,6 +27,8 @@ pub struct Averages {
     pub sent: u64,
     /// Microseconds per transaction ended in the period.
     pub xact_time: u64,
+    /// Microseconds per query (request to ReadyForQuery).
+    pub query_time: u64,
     /// Microseconds per checkout (of a server connection) in the period.
     pub wait_time: u64,
 }
@@ -46,15 +48,17 @@ impl Averages {
             u64::try_from(rate).unwrap_or(u64::MAX)
         };
         let transactions = delta(|t| t.transactions);
+        let queries = delta(|t| t.queries);
         let checkouts = delta(|t| t.checkouts);
         Self {
             xact_count: per_second(transactions),
-            query_count: per_second(delta(|t| t.queries)),
+            query_count: per_second(queries),
             recv: per_second(delta(|t| t.received)),
             sent: per_second(delta(|t| t.sent)),
             xact_time: delta(|t| t.transaction_micros)
                 .checked_div(transactions)
                 .unwrap_or(0),
+            query_time: delta(|t| t.query_micros).checked_div(queries).unwrap_or(0),
             wait_time: delta(|t| t.wait_micros).checked_div(checkouts).unwrap_or(0),
         }
     }
@@ -82,6 +86,7 @@ pub fn totals_by_database(shared: &Shared) -> BTreeMap<String, PoolTotalsSnapsho
         sum.transactions += totals.transactions;
         sum.transaction_micros += totals.transaction_micros;
         sum.queries += totals.queries;
+        sum.query_micros += totals.query_micros;
         sum.received += totals.received;
         sum.sent += totals.sent;
         sum.wait_micros += totals.wait_micros;
@@ -127,6 +132,7 @@ mod tests {
             transactions: 10,
             transaction_micros: 5_000,
             queries: 20,
+            query_micros: 4_000,
             received: 1_000,
             sent: 2_000,
             wait_micros: 100,
@@ -136,6 +142,7 @@ mod tests {
             transactions: 30,
             transaction_micros: 9_000,
             queries: 60,
+            query_micros: 6_000,
             received: 3_000,
             sent: 12_000,
             wait_micros: 500,
@@ -150,6 +157,7 @@ mod tests {
                 recv: 1_000,
                 sent: 5_000,
                 xact_time: 200,
+                query_time: 50,
                 wait_time: 20,
             }
         );

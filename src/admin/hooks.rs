@@ -26,6 +26,8 @@ pub struct Traffic {
     pub sent: u64,
     /// Requests (Query and Sync messages: one ReadyForQuery each).
     pub queries: u64,
+    /// Microseconds from requests to their ReadyForQuery.
+    pub query_micros: u64,
 }
 
 /// Authentication failed: wrong passwords and unknown users count as auth
@@ -77,10 +79,11 @@ pub fn stretch_ended(shared: &Shared, pool: &Pool, traffic: &mut Traffic, starte
         received,
         sent,
         queries,
+        query_micros,
     } = std::mem::take(traffic);
     let metrics = pool.metrics();
     metrics.transaction_done(started.elapsed().as_secs_f64(), received, sent);
-    metrics.queries(queries);
+    metrics.queries(queries, query_micros);
     shared.metrics.bytes_received.inc_by(received);
     shared.metrics.bytes_sent.inc_by(sent);
 }

@@ -87,6 +87,7 @@ struct PoolTotals {
     transactions: AtomicU64,
     transaction_micros: AtomicU64,
     queries: AtomicU64,
+    query_micros: AtomicU64,
     received: AtomicU64,
     sent: AtomicU64,
 }
@@ -100,6 +101,8 @@ pub struct PoolTotalsSnapshot {
     pub transaction_micros: u64,
     /// Requests (Query and Sync messages) in them.
     pub queries: u64,
+    /// Microseconds from each request to its ReadyForQuery.
+    pub query_micros: u64,
     /// Bytes read from this pool's clients during transactions.
     pub received: u64,
     /// Bytes written to them during transactions.
@@ -153,11 +156,15 @@ impl PoolMetrics {
         }
     }
 
-    /// `n` requests (Query or Sync) were served.
-    pub fn queries(&self, n: u64) {
+    /// `n` requests (Query or Sync) were served, taking `micros` from
+    /// each request to its ReadyForQuery.
+    pub fn queries(&self, n: u64, micros: u64) {
         if n > 0 {
             self.route.queries(n);
             self.totals.queries.fetch_add(n, Relaxed);
+        }
+        if micros > 0 {
+            self.totals.query_micros.fetch_add(micros, Relaxed);
         }
     }
 
@@ -168,6 +175,7 @@ impl PoolMetrics {
             transactions: t.transactions.load(Relaxed),
             transaction_micros: t.transaction_micros.load(Relaxed),
             queries: t.queries.load(Relaxed),
+            query_micros: t.query_micros.load(Relaxed),
             received: t.received.load(Relaxed),
             sent: t.sent.load(Relaxed),
             wait_micros: (self.checkout_wait_seconds() * 1e6) as u64,

@@ -27,10 +27,11 @@ pub const COLUMNS: &[&str] = &[
 /// pooling), then PgBouncer's averages over the last completed stats
 /// period (`admin.stats_period`; all 0 until the first one ends): rates
 /// per second (`avg_xact_count`, `avg_query_count`, `avg_recv`,
-/// `avg_sent`) and microseconds per transaction (`avg_xact_time`) and per
-/// checkout (`avg_wait_time`). Times are in microseconds as in PgBouncer;
-/// a query is a Query or Sync message (one ReadyForQuery). Query time is
-/// not measured: `total_query_time` and `avg_query_time` are 0.
+/// `avg_sent`) and microseconds per transaction (`avg_xact_time`), per
+/// query (`avg_query_time`) and per checkout (`avg_wait_time`). Times are
+/// in microseconds as in PgBouncer; a query is a Query or Sync message,
+/// timed from when the proxy forwards it to its ReadyForQuery (pipelined
+/// ones from the previous ReadyForQuery).
 pub fn show(shared: &Shared) -> Table {
     let mut table = Table::new(COLUMNS);
     for (database, t) in totals_by_database(shared) {
@@ -42,14 +43,14 @@ pub fn show(shared: &Shared) -> Table {
             val(t.received),
             val(t.sent),
             val(t.transaction_micros),
-            val(0),
+            val(t.query_micros),
             val(t.wait_micros),
             val(avg.xact_count),
             val(avg.query_count),
             val(avg.recv),
             val(avg.sent),
             val(avg.xact_time),
-            val(0),
+            val(avg.query_time),
             val(avg.wait_time),
         ]);
     }

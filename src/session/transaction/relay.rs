@@ -160,6 +160,9 @@ struct Stretch<'a> {
     at_ready: bool,
     status: u8,
     limit: usize,
+    /// When the request now awaiting a ReadyForQuery was sent (query time
+    /// for SHOW STATS: one clock read per request and per ReadyForQuery).
+    query_clock: Option<std::time::Instant>,
 }
 
 enum Event {
@@ -211,6 +214,7 @@ pub async fn run(
         at_ready: true,
         status: b'I',
         limit,
+        query_clock: None,
     };
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = stream.split();
@@ -343,7 +347,10 @@ impl Stretch<'_> {
                 pos += len;
                 break Ok(false);
             }
-            self.state.traffic.queries += u64::from(matches!(tag, b'Q' | b'S'));
+            if matches!(tag, b'Q' | b'S') {
+                self.state.traffic.queries += 1;
+                self.query_clock.get_or_insert_with(std::time::Instant::now);
+            }
             if let Err(error) = self.client_frame(tag, &input[pos..pos + len]) {
                 break Err(error);
             }
@@ -629,6 +636,14 @@ impl Stretch<'_> {
             b'Z' => {
                 self.at_ready = true;
                 self.status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
+                if let Some(sent) = self.query_clock.take() {
+                    let now = std::time::Instant::now();
+                    self.state.traffic.query_micros += (now - sent).as_micros() as u64;
+                    if self.state.tracker.pending_ready() > 0 {
+                        // Pipelined: the next request's answer starts now.
+                        self.query_clock = Some(now);
+                    }
+                }
                 if self.status == b'I' {
                     self.state.pins.transaction_ended();
                 } else {
