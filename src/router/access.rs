@@ -111,11 +111,28 @@ pub fn classify(sql: &[u8], functions: &WriteFunctions) -> Access {
 
 /// [`classify`] with the session's lexing options.
 pub fn classify_with(sql: &[u8], functions: &WriteFunctions, options: LexOptions) -> Access {
+    classify_from(sql, functions, options, false)
+}
+
+/// Classifies `sql` as the first request of a transaction that a bare
+/// `BEGIN` (no access mode) opened just before it: a read only when its
+/// first statement is `SET TRANSACTION … READ ONLY` and everything after
+/// the transaction (if it ends inside `sql`) reads too.
+pub fn classify_opened(sql: &[u8], functions: &WriteFunctions) -> Access {
+    classify_from(sql, functions, LexOptions::default(), true)
+}
+
+fn classify_from(
+    sql: &[u8],
+    functions: &WriteFunctions,
+    options: LexOptions,
+    opened: bool,
+) -> Access {
     let mut lexer = Lexer::with_options(sql, options);
     // A transaction opened here must be declared read-only before its
     // first real statement.
-    let mut open_transaction = false;
-    let mut first_in_transaction = false;
+    let mut open_transaction = opened;
+    let mut first_in_transaction = opened;
     loop {
         let Some(first) = lexer.by_ref().find(|t| !t.is_statement_end()) else {
             // A transaction left open without READ ONLY may write later.

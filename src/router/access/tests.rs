@@ -378,3 +378,29 @@ fn route_settings_are_recognised_exactly() {
     assert_eq!(route_setting(b"SET switchyard.other = 'x'"), None);
     assert_eq!(route_setting(b"SELECT 1"), None);
 }
+
+#[test]
+fn after_a_held_begin_only_set_transaction_read_only_first_reads() {
+    let functions = WriteFunctions::default();
+    let opened = |sql: &str| classify_opened(sql.as_bytes(), &functions);
+    for sql in [
+        "SET TRANSACTION READ ONLY",
+        "set transaction isolation level repeatable read, read only",
+        "SET TRANSACTION READ ONLY; SELECT 1",
+        "SET TRANSACTION READ ONLY; SELECT 1; COMMIT",
+    ] {
+        assert_eq!(opened(sql), Access::Read, "{sql}");
+    }
+    for sql in [
+        "SELECT 1",
+        "SHOW work_mem",
+        "SET TRANSACTION READ WRITE",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET LOCAL work_mem = '1MB'; SET TRANSACTION READ ONLY",
+        "SET TRANSACTION READ ONLY; COMMIT; INSERT INTO t VALUES (1)",
+        "COMMIT; SELECT 1",
+        "INSERT INTO t VALUES (1)",
+    ] {
+        assert_eq!(opened(sql), Access::Write, "{sql}");
+    }
+}
