@@ -404,3 +404,20 @@ fn after_a_held_begin_only_set_transaction_read_only_first_reads() {
         assert_eq!(opened(sql), Access::Write, "{sql}");
     }
 }
+
+#[test]
+fn write_function_lookup_filters_by_length_and_first_byte_without_missing_any() {
+    let long = "f".repeat(70);
+    let functions = WriteFunctions::new(&[long.as_str(), "audit_*"]);
+    assert!(functions.contains(b"NEXTVAL", false));
+    assert!(functions.contains(b"nextval", true));
+    assert!(!functions.contains(b"Nextval", true));
+    assert!(functions.contains(long.to_uppercase().as_bytes(), false));
+    assert!(!functions.contains("f".repeat(69).as_bytes(), false));
+    assert!(functions.contains(b"Audit_Log", false));
+    assert!(functions.contains(b"pg_try_advisory_lock", false));
+    for read in ["count", "now", "in", "coalesce", "", "nextva", "nextvals"] {
+        assert!(!functions.contains(read.as_bytes(), false), "{read}");
+    }
+    assert!(WriteFunctions::new(&["*"]).contains(b"anything", false));
+}
