@@ -91,17 +91,16 @@ impl<'a> Steps<'a> {
         let Ok(parse) = statements::read_parse(body) else {
             return false;
         };
+        // The cheap test first: most statements are not transaction control.
+        let Some(control) = definition_control(parse.definition) else {
+            return false;
+        };
         // Redefining a name is PostgreSQL's error to report.
         if !parse.name.is_empty() && known.get(parse.name).is_some() {
             return false;
         }
-        match definition_control(parse.definition) {
-            Some(control) => {
-                self.parsed = Some((parse.name, control));
-                true
-            }
-            None => false,
-        }
+        self.parsed = Some((parse.name, control));
+        true
     }
 
     fn bind(&mut self, body: &'a [u8], known: &ClientStatements) -> bool {

@@ -727,6 +727,9 @@ impl TransactionSession {
     /// it answered.
     fn answer_transaction_control(&mut self) -> bool {
         use crate::router::control::Control;
+        if !self.begin_held && !self.routes_by_statement() {
+            return false;
+        }
         let limit = self.proxy.config.server.max_message_size;
         let Some(lone) = deferred::lone(&self.state.client_in, limit, &self.state.statements)
         else {
@@ -747,10 +750,12 @@ impl TransactionSession {
     /// Holding a BEGIN back only helps when its transaction might go to a
     /// replica: routing is on and the session routes by statement.
     fn may_hold_begin(&self) -> bool {
-        self.policy.enabled
-            && self.policy.route == Route::Auto
-            && !self.force_primary
-            && !self.settings.read_only_by_default()
+        self.routes_by_statement() && !self.force_primary && !self.settings.read_only_by_default()
+    }
+
+    /// Routing is on and the session's route is `auto`.
+    fn routes_by_statement(&self) -> bool {
+        self.policy.enabled && self.policy.route == Route::Auto
     }
 
     /// Opens the transaction of a held BEGIN on the connection its first
