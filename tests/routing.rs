@@ -7,11 +7,22 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{APP_DB, APP_PASSWORD, Harness, ProxyProcess, connect, spec};
+use support::raw::{raw_session, read_message};
+use support::{
+    APP_DB, APP_PASSWORD, Harness, ProxyProcess, connect, free_port, http_get, metric_sum,
+    parse_metrics, spec,
+};
 use switchyard::testcluster::{ClusterSpec, LocalCluster};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// A primary, two replicas, and the proxy routing across all three.
 fn routed(extra_routing: &str, extra_conf: &[&str]) -> Harness {
+    routed_with_admin(extra_routing, extra_conf, 0)
+}
+
+/// [`routed`] with the admin HTTP port (metrics) at `admin_port` (0: any).
+fn routed_with_admin(extra_routing: &str, extra_conf: &[&str], admin_port: u16) -> Harness {
     let mut users = spec().users;
     users.push(("reporting".into(), APP_PASSWORD.into()));
     let cluster = LocalCluster::start(&ClusterSpec {
@@ -21,7 +32,11 @@ fn routed(extra_routing: &str, extra_conf: &[&str]) -> Harness {
         ..spec()
     })
     .expect("start cluster");
-    let proxy = ProxyProcess::start(&routing_config(&cluster, extra_routing));
+    let config = routing_config(&cluster, extra_routing).replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
+    );
+    let proxy = ProxyProcess::start(&config);
     let h = Harness { proxy, cluster };
     wait_for_replicas_in_rotation(&h);
     h
@@ -430,4 +445,220 @@ async fn a_replica_that_has_yet_to_replay_a_new_database_hands_the_read_to_the_p
     for replica in h.cluster.replicas() {
         replica.psql("SELECT pg_wal_replay_resume()").unwrap();
     }
+}
+
+/// One protocol message, framed.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Parse (unnamed), Bind, Describe portal, Execute, Sync of `sql`, as
+/// libpq's PQexecParams sends it.
+fn unnamed_extended(sql: &str) -> Vec<u8> {
+    let mut out = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    out.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    out.extend(message(b'D', b"P\0"));
+    out.extend(message(b'E', b"\0\0\0\0\0"));
+    out.extend(message(b'S', b""));
+    out
+}
+
+/// Sends `request` and reads the replies through ReadyForQuery.
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    stream.write_all(request).await.unwrap();
+    let mut replies = Vec::new();
+    loop {
+        let (tag, body) = read_message(stream).await;
+        replies.push((tag, body));
+        if tag == b'Z' {
+            return replies;
+        }
+    }
+}
+
+fn tags(replies: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    replies.iter().map(|(tag, _)| *tag).collect()
+}
+
+/// The first column of the first DataRow, as text.
+fn first_value(replies: &[(u8, Vec<u8>)]) -> String {
+    let (_, row) = replies.iter().find(|(tag, _)| *tag == b'D').expect("a row");
+    let len = i32::from_be_bytes(row[2..6].try_into().unwrap()) as usize;
+    String::from_utf8(row[6..6 + len].to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_begin_then_set_transaction_read_only_runs_on_a_replica() {
+    let h = tokio::task::spawn_blocking(|| routed("", &[]))
+        .await
+        .unwrap();
+    let (_, r1, r2) = ports(&h);
+    let on_replica = |port: u16| port == r1 || port == r2;
+    let client = connect(&h.proxy_dsn()).await;
+    // Simple protocol, each statement its own Query.
+    for begin in ["BEGIN", "START TRANSACTION", "begin work;"] {
+        for _ in 0..5 {
+            client.batch_execute(begin).await.unwrap();
+            client
+                .batch_execute("SET TRANSACTION READ ONLY")
+                .await
+                .unwrap();
+            let first = simple_port(&client, "SELECT inet_server_port()").await;
+            let second = simple_port(&client, "SELECT inet_server_port()").await;
+            client.batch_execute("COMMIT").await.unwrap();
+            assert!(on_replica(first), "{begin}: ran on {first}");
+            assert_eq!(first, second, "one transaction, one node");
+        }
+    }
+    // The transaction is read-only where it runs, as it would be on the
+    // primary: a write fails with PostgreSQL's own 25006.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("SET TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    let refused = client.batch_execute("CREATE TABLE nope (x int)").await;
+    assert_eq!(
+        refused.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Extended protocol with named statements (tokio-postgres prepares each).
+    let begin = client.prepare("BEGIN").await.unwrap();
+    let read_only = client.prepare("SET TRANSACTION READ ONLY").await.unwrap();
+    let port = client.prepare("SELECT inet_server_port()").await.unwrap();
+    let commit = client.prepare("COMMIT").await.unwrap();
+    for _ in 0..10 {
+        client.execute(&begin, &[]).await.unwrap();
+        client.execute(&read_only, &[]).await.unwrap();
+        let first = client.query_one(&port, &[]).await.unwrap().get::<_, i32>(0) as u16;
+        let second = client.query_one(&port, &[]).await.unwrap().get::<_, i32>(0) as u16;
+        client.execute(&commit, &[]).await.unwrap();
+        assert!(on_replica(first), "extended: ran on {first}");
+        assert_eq!(first, second, "one transaction, one node");
+    }
+    // Unnamed statements, replies checked byte for byte.
+    let mut raw = raw_session(&h).await;
+    for _ in 0..5 {
+        let replies = exchange(&mut raw, &unnamed_extended("BEGIN")).await;
+        assert_eq!(tags(&replies), b"12nCZ");
+        assert_eq!(replies[3].1, b"BEGIN\0");
+        assert_eq!(replies[4].1, b"T");
+        let replies = exchange(&mut raw, &unnamed_extended("SET TRANSACTION READ ONLY")).await;
+        assert_eq!(tags(&replies), b"12nCZ", "{replies:?}");
+        assert_eq!(replies[4].1, b"T");
+        let replies = exchange(&mut raw, &unnamed_extended("SELECT inet_server_port()")).await;
+        assert_eq!(tags(&replies), b"12TDCZ", "{replies:?}");
+        let served = first_value(&replies).parse::<u16>().unwrap();
+        assert!(on_replica(served), "raw extended: ran on {served}");
+        let replies = exchange(&mut raw, &message(b'Q', b"COMMIT\0")).await;
+        assert_eq!(tags(&replies), b"CZ");
+        assert_eq!(replies[1].1, b"I");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_begin_with_a_write_runs_wholly_on_the_primary_and_an_empty_one_on_no_server() {
+    let admin_port = free_port();
+    let h = tokio::task::spawn_blocking(move || routed_with_admin("", &[], admin_port))
+        .await
+        .unwrap();
+    let (primary, _, _) = ports(&h);
+    let client = connect(&h.proxy_dsn()).await;
+    client
+        .batch_execute("CREATE TABLE w (port int)")
+        .await
+        .unwrap();
+    // BEGIN; INSERT; COMMIT, each its own Query, and all in one.
+    for _ in 0..10 {
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .batch_execute("INSERT INTO w SELECT inet_server_port()")
+            .await
+            .unwrap();
+        let inside = simple_port(&client, "SELECT inet_server_port()").await;
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(inside, primary);
+        client
+            .batch_execute("BEGIN; INSERT INTO w SELECT inet_server_port(); COMMIT")
+            .await
+            .unwrap();
+    }
+    // The same with prepared statements, and a read first: a transaction
+    // that did not start with SET TRANSACTION READ ONLY may write later.
+    let begin = client.prepare("BEGIN").await.unwrap();
+    let port = client.prepare("SELECT inet_server_port()").await.unwrap();
+    let insert = client
+        .prepare("INSERT INTO w SELECT inet_server_port()")
+        .await
+        .unwrap();
+    let commit = client.prepare("COMMIT").await.unwrap();
+    for _ in 0..10 {
+        client.execute(&begin, &[]).await.unwrap();
+        let first = client.query_one(&port, &[]).await.unwrap().get::<_, i32>(0) as u16;
+        client.execute(&insert, &[]).await.unwrap();
+        client.execute(&commit, &[]).await.unwrap();
+        assert_eq!(first, primary);
+    }
+    let landed = h.cluster.primary().psql_db(
+        APP_DB,
+        "SELECT count(*) || ' ' || min(port) || ' ' || max(port) FROM w",
+    );
+    assert_eq!(landed.unwrap(), format!("30 {primary} {primary}"));
+
+    // BEGIN then COMMIT or ROLLBACK, nothing between: answered by the
+    // proxy exactly as PostgreSQL answers, no server transaction at all.
+    let transactions = || {
+        let (_, text) = http_get(admin_port, "/metrics");
+        metric_sum(&parse_metrics(&text), "switchyard_transactions_total", &[])
+    };
+    let rollback = client.prepare("ROLLBACK").await.unwrap();
+    let mut raw = raw_session(&h).await;
+    // The last stretch is counted just after its reply went out.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = transactions();
+    for _ in 0..10 {
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        client.batch_execute("START TRANSACTION").await.unwrap();
+        client.batch_execute("ROLLBACK").await.unwrap();
+        client.execute(&begin, &[]).await.unwrap();
+        client.execute(&commit, &[]).await.unwrap();
+        client.execute(&begin, &[]).await.unwrap();
+        client.execute(&rollback, &[]).await.unwrap();
+        let replies = exchange(&mut raw, &message(b'Q', b"BEGIN\0")).await;
+        assert_eq!(tags(&replies), b"CZ");
+        assert_eq!(
+            (&replies[0].1[..], &replies[1].1[..]),
+            (&b"BEGIN\0"[..], &b"T"[..])
+        );
+        let replies = exchange(&mut raw, &unnamed_extended("END")).await;
+        assert_eq!(tags(&replies), b"12nCZ");
+        assert_eq!(
+            (&replies[3].1[..], &replies[4].1[..]),
+            (&b"COMMIT\0"[..], &b"I"[..])
+        );
+    }
+    assert_eq!(
+        transactions(),
+        before,
+        "no server served an empty transaction"
+    );
+    // Still a working session afterwards, and the counter does count
+    // (one transaction on the primary, one read on a replica).
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("INSERT INTO w SELECT inet_server_port()")
+        .await
+        .unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_ne!(
+        simple_port(&client, "SELECT inet_server_port()").await,
+        primary
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(transactions(), before + 2.0);
 }

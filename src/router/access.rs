@@ -56,6 +56,12 @@ pub const DEFAULT_WRITE_FUNCTIONS: &[&str] = &[
 pub struct WriteFunctions {
     exact: Vec<Box<[u8]>>,
     prefixes: Vec<Box<[u8]>>,
+    /// Bit n set: some exact name is n bytes long (bit 63: 63 or more).
+    /// Most calls (`count(`, `now(`, `IN (`) fail this or the next test
+    /// and skip comparing with every name.
+    lengths: u64,
+    /// Bit b set: some name or prefix starts with byte b (lower case).
+    first_bytes: [u64; 4],
 }
 
 impl Default for WriteFunctions {
@@ -73,18 +79,44 @@ impl WriteFunctions {
             .iter()
             .copied()
             .chain(extra.iter().map(AsRef::as_ref));
+        let mut lengths = 0;
+        let mut first_bytes = [0; 4];
         for name in names {
             let lower = name.trim().to_ascii_lowercase().into_bytes();
             match lower.strip_suffix(b"*") {
                 Some(prefix) => prefixes.push(prefix.into()),
-                None => exact.push(lower.into_boxed_slice()),
+                None => {
+                    lengths |= length_bit(lower.len());
+                    exact.push(lower.into_boxed_slice());
+                }
             }
         }
-        Self { exact, prefixes }
+        for name in exact.iter().chain(&prefixes) {
+            match name.first() {
+                Some(&b) => first_bytes[usize::from(b >> 6)] |= 1 << (b & 63),
+                // An empty prefix (`*`) matches every name.
+                None => first_bytes = [u64::MAX; 4],
+            }
+        }
+        Self {
+            exact,
+            prefixes,
+            lengths,
+            first_bytes,
+        }
     }
 
     /// True when a call of `name` (as written, unquoted or quoted content) writes.
     pub fn contains(&self, name: &[u8], quoted: bool) -> bool {
+        // Entries are lower case: a quoted name must match as written.
+        let first = match name.first() {
+            Some(&b) if quoted => b,
+            Some(&b) => b.to_ascii_lowercase(),
+            None => return false,
+        };
+        if self.first_bytes[usize::from(first >> 6)] & (1 << (first & 63)) == 0 {
+            return false;
+        }
         let eq = |candidate: &[u8]| {
             if quoted {
                 candidate == name
@@ -100,8 +132,14 @@ impl WriteFunctions {
                     name[..prefix.len()].eq_ignore_ascii_case(prefix)
                 }
         };
-        self.exact.iter().any(|f| eq(f)) || self.prefixes.iter().any(|p| starts(p))
+        let exact = self.lengths & length_bit(name.len()) != 0;
+        (exact && self.exact.iter().any(|f| eq(f))) || self.prefixes.iter().any(|p| starts(p))
     }
+}
+
+/// A name length's bit in [`WriteFunctions::lengths`].
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Classifies `sql` (a simple Query's text or a Parse's query).
@@ -111,11 +149,28 @@ pub fn classify(sql: &[u8], functions: &WriteFunctions) -> Access {
 
 /// [`classify`] with the session's lexing options.
 pub fn classify_with(sql: &[u8], functions: &WriteFunctions, options: LexOptions) -> Access {
+    classify_from(sql, functions, options, false)
+}
+
+/// Classifies `sql` as the first request of a transaction that a bare
+/// `BEGIN` (no access mode) opened just before it: a read only when its
+/// first statement is `SET TRANSACTION … READ ONLY` and everything after
+/// the transaction (if it ends inside `sql`) reads too.
+pub fn classify_opened(sql: &[u8], functions: &WriteFunctions) -> Access {
+    classify_from(sql, functions, LexOptions::default(), true)
+}
+
+fn classify_from(
+    sql: &[u8],
+    functions: &WriteFunctions,
+    options: LexOptions,
+    opened: bool,
+) -> Access {
     let mut lexer = Lexer::with_options(sql, options);
     // A transaction opened here must be declared read-only before its
     // first real statement.
-    let mut open_transaction = false;
-    let mut first_in_transaction = false;
+    let mut open_transaction = opened;
+    let mut first_in_transaction = opened;
     loop {
         let Some(first) = lexer.by_ref().find(|t| !t.is_statement_end()) else {
             // A transaction left open without READ ONLY may write later.
@@ -247,16 +302,18 @@ fn query_body(lexer: &mut Lexer<'_>, functions: &WriteFunctions, with: bool) -> 
             }
             TokenKind::Word => {
                 let word = token.text;
-                let is = |kw: &str| word.eq_ignore_ascii_case(kw.as_bytes());
-                if is("for") && locking_clause_follows(lexer) {
-                    return Verdict::Write;
-                }
-                // `SELECT … INTO t` creates a table; inside parentheses INTO
-                // cannot appear in a read, so any depth counts.
-                if is("into") {
-                    return Verdict::Write;
-                }
-                if with && (is("insert") || is("update") || is("delete") || is("merge")) {
+                let is = |kw: &[u8]| word.eq_ignore_ascii_case(kw);
+                // By length first: most words are none of these.
+                let writes = match word.len() {
+                    3 => is(b"for") && locking_clause_follows(lexer),
+                    // `SELECT … INTO t` creates a table; inside parentheses
+                    // INTO cannot appear in a read, so any depth counts.
+                    4 => is(b"into"),
+                    5 => with && is(b"merge"),
+                    6 => with && (is(b"insert") || is(b"update") || is(b"delete")),
+                    _ => false,
+                };
+                if writes {
                     return Verdict::Write;
                 }
             }

@@ -10,10 +10,12 @@
 //!   transaction (session parameters, pins, releases), for transaction
 //!   pooling.
 //! - [`access`]: read or write, and routing hints.
+//! - [`control`]: bare BEGIN / COMMIT / ROLLBACK, which the proxy may answer.
 //! - [`target`]: which node serves a transaction.
 
 pub mod access;
 mod classify;
+pub mod control;
 pub mod effects;
 mod flags;
 mod keyword;

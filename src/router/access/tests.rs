@@ -378,3 +378,46 @@ fn route_settings_are_recognised_exactly() {
     assert_eq!(route_setting(b"SET switchyard.other = 'x'"), None);
     assert_eq!(route_setting(b"SELECT 1"), None);
 }
+
+#[test]
+fn after_a_held_begin_only_set_transaction_read_only_first_reads() {
+    let functions = WriteFunctions::default();
+    let opened = |sql: &str| classify_opened(sql.as_bytes(), &functions);
+    for sql in [
+        "SET TRANSACTION READ ONLY",
+        "set transaction isolation level repeatable read, read only",
+        "SET TRANSACTION READ ONLY; SELECT 1",
+        "SET TRANSACTION READ ONLY; SELECT 1; COMMIT",
+    ] {
+        assert_eq!(opened(sql), Access::Read, "{sql}");
+    }
+    for sql in [
+        "SELECT 1",
+        "SHOW work_mem",
+        "SET TRANSACTION READ WRITE",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET LOCAL work_mem = '1MB'; SET TRANSACTION READ ONLY",
+        "SET TRANSACTION READ ONLY; COMMIT; INSERT INTO t VALUES (1)",
+        "COMMIT; SELECT 1",
+        "INSERT INTO t VALUES (1)",
+    ] {
+        assert_eq!(opened(sql), Access::Write, "{sql}");
+    }
+}
+
+#[test]
+fn write_function_lookup_filters_by_length_and_first_byte_without_missing_any() {
+    let long = "f".repeat(70);
+    let functions = WriteFunctions::new(&[long.as_str(), "audit_*"]);
+    assert!(functions.contains(b"NEXTVAL", false));
+    assert!(functions.contains(b"nextval", true));
+    assert!(!functions.contains(b"Nextval", true));
+    assert!(functions.contains(long.to_uppercase().as_bytes(), false));
+    assert!(!functions.contains("f".repeat(69).as_bytes(), false));
+    assert!(functions.contains(b"Audit_Log", false));
+    assert!(functions.contains(b"pg_try_advisory_lock", false));
+    for read in ["count", "now", "in", "coalesce", "", "nextva", "nextvals"] {
+        assert!(!functions.contains(read.as_bytes(), false), "{read}");
+    }
+    assert!(WriteFunctions::new(&["*"]).contains(b"anything", false));
+}

@@ -10,11 +10,16 @@ use super::relay::{ClientState, complete_frame};
 use super::statements::{self, ClientStatement};
 use super::tracker::Synthetic;
 use crate::protocol::frame::HEADER_LEN;
-use crate::protocol::messages;
 use crate::router::access::WriteFunctions;
 
-/// Answers the buffered batch if it qualifies; true when it did.
-pub fn answer(state: &mut ClientState, catalog: &PoolCatalog, functions: &WriteFunctions) -> bool {
+/// Answers the buffered batch if it qualifies, its ReadyForQuery saying
+/// `status` (the proxy may hold a client's BEGIN); true when it did.
+pub fn answer(
+    state: &mut ClientState,
+    catalog: &PoolCatalog,
+    functions: &WriteFunctions,
+    status: u8,
+) -> bool {
     let Some(batch_len) = qualifying_batch(&state.client_in, catalog) else {
         return false;
     };
@@ -42,7 +47,7 @@ pub fn answer(state: &mut ClientState, catalog: &PoolCatalog, functions: &WriteF
                     .to_client
                     .extend_from_slice(Synthetic::CloseComplete.bytes());
             }
-            b'S' => messages::ready_for_query_idle(&mut state.to_client),
+            b'S' => super::deferred::ready_for_query(&mut state.to_client, status),
             _ => {}
         }
         pos += len;
@@ -104,7 +109,12 @@ mod tests {
         let mut input = frame(b'P', b"P_0\0SELECT 1\0\0\0");
         input.extend(frame(b'S', b""));
         state.client_in = BytesMut::from(&input[..]);
-        assert!(answer(&mut state, &catalog, &WriteFunctions::default()));
+        assert!(answer(
+            &mut state,
+            &catalog,
+            &WriteFunctions::default(),
+            b'I'
+        ));
         assert_eq!(&state.to_client[..], b"1\0\0\0\x04Z\0\0\0\x05I");
         assert!(state.client_in.is_empty());
         assert!(state.statements.get(b"P_0").is_some());
@@ -117,13 +127,28 @@ mod tests {
         let mut input = frame(b'P', b"P_0\0SELECT 1\0\0\0");
         input.extend(frame(b'S', b""));
         state.client_in = BytesMut::from(&input[..]);
-        assert!(!answer(&mut state, &catalog, &WriteFunctions::default()));
+        assert!(!answer(
+            &mut state,
+            &catalog,
+            &WriteFunctions::default(),
+            b'I'
+        ));
         let mut input = frame(b'Q', b"SELECT 1\0");
         input.extend(frame(b'S', b""));
         state.client_in = BytesMut::from(&input[..]);
-        assert!(!answer(&mut state, &catalog, &WriteFunctions::default()));
+        assert!(!answer(
+            &mut state,
+            &catalog,
+            &WriteFunctions::default(),
+            b'I'
+        ));
         // Incomplete batch: wait.
         state.client_in = BytesMut::from(&frame(b'C', b"SP_0\0")[..]);
-        assert!(!answer(&mut state, &catalog, &WriteFunctions::default()));
+        assert!(!answer(
+            &mut state,
+            &catalog,
+            &WriteFunctions::default(),
+            b'I'
+        ));
     }
 }

@@ -5,6 +5,7 @@
 //! state that cannot move pins the client to its connection.
 
 mod catalog;
+mod deferred;
 mod local;
 mod node_pools;
 pub mod pins;
@@ -50,6 +51,9 @@ pub struct TransactionSession {
     policy: Policy,
     /// The next request must run on the primary (a replica refused it).
     force_primary: bool,
+    /// The client's bare BEGIN was answered by the proxy: its transaction
+    /// opens on the node the next request is routed to.
+    begin_held: bool,
     /// When the primary first failed the request at hand (could not be
     /// reached, or stopped it before it ran), while the request waits for
     /// the topology to catch up.
@@ -117,6 +121,7 @@ pub async fn serve(
         registration: login.registration,
         policy: login.policy,
         force_primary: false,
+        begin_held: false,
         primary_failing_since: None,
         proxy: settings,
         shared,
@@ -386,13 +391,22 @@ impl TransactionSession {
         }
         let proxy = Arc::clone(&self.proxy);
         let functions = &proxy.write_functions;
-        if local::answer(&mut self.state, &self.catalog, functions) || self.answer_route_setting() {
+        let status = if self.begin_held { b'T' } else { b'I' };
+        if local::answer(&mut self.state, &self.catalog, functions, status)
+            || self.answer_route_setting(status)
+            || self.answer_transaction_control()
+        {
             // Answered without a server connection (e.g. re-preparing a
             // statement that is known to parse).
             return self.flush().await;
         }
         let limit = self.proxy.config.server.max_message_size;
-        let request = request::inspect(
+        let inspect = if self.begin_held {
+            request::inspect_opened
+        } else {
+            request::inspect
+        };
+        let request = inspect(
             &self.state.client_in,
             limit,
             &self.state.statements,
@@ -447,6 +461,18 @@ impl TransactionSession {
             self.settings_failed(error, &key);
             return self.flush().await;
         }
+        if let Err(error) = self.open_held_transaction(&mut conn).await {
+            if routed.plan.gated && matches!(error, InternalError::Connection(_)) {
+                conn.discard();
+                self.force_primary = true;
+                return true;
+            }
+            conn.discard();
+            self.held_begin_failed(error);
+            return self.flush().await;
+        }
+        // Opened on this connection; a re-run elsewhere opens it again.
+        let begun = std::mem::take(&mut self.begin_held);
         // Building a target allocates; most checkouts reuse the connection
         // the key already points at.
         if !self.registration.points_at(&conn.addr, conn.pid) {
@@ -493,6 +519,7 @@ impl TransactionSession {
         if let StretchEnd::Retry { reusable } = end {
             if routed.plan.gated {
                 self.state.to_client.clear();
+                self.begin_held = begun;
                 self.retry_on_primary(conn, reusable, request);
                 return true;
             }
@@ -500,6 +527,7 @@ impl TransactionSession {
             // idle session's task.
             if Box::pin(self.shared.topology.primary_left(&conn.addr)).await {
                 self.state.to_client.clear();
+                self.begin_held = begun;
                 self.rerun_after_failover(conn, reusable);
                 return true;
             }
@@ -671,8 +699,9 @@ impl TransactionSession {
         }
     }
 
-    /// Answers `SET switchyard.route = …` (and RESET) without a server.
-    fn answer_route_setting(&mut self) -> bool {
+    /// Answers `SET switchyard.route = …` (and RESET) without a server,
+    /// with ReadyForQuery `status`.
+    fn answer_route_setting(&mut self, status: u8) -> bool {
         let limit = self.proxy.config.server.max_message_size;
         let Ok(Some((b'Q', len))) = relay::complete_frame(&self.state.client_in, limit) else {
             return false;
@@ -707,8 +736,73 @@ impl TransactionSession {
                 error.encode(&mut self.state.to_client);
             }
         }
-        messages::ready_for_query_idle(&mut self.state.to_client);
+        deferred::ready_for_query(&mut self.state.to_client, status);
         true
+    }
+
+    /// Holds a bare BEGIN back (answering it), or answers the COMMIT or
+    /// ROLLBACK of a held BEGIN's transaction that did nothing; true when
+    /// it answered.
+    fn answer_transaction_control(&mut self) -> bool {
+        use crate::router::control::Control;
+        if !self.begin_held && !self.routes_by_statement() {
+            return false;
+        }
+        let limit = self.proxy.config.server.max_message_size;
+        let Some(lone) = deferred::lone(&self.state.client_in, limit, &self.state.statements)
+        else {
+            return false;
+        };
+        let status = match (self.begin_held, lone.control) {
+            (false, Control::Begin) if self.may_hold_begin() => b'T',
+            (true, Control::Commit | Control::Rollback) => b'I',
+            // A second BEGIN (PostgreSQL warns), or an end without a
+            // transaction: the server's answer is the true one.
+            _ => return false,
+        };
+        self.begin_held = status == b'T';
+        deferred::answer(&mut self.state, lone, status, &self.proxy.write_functions);
+        true
+    }
+
+    /// Holding a BEGIN back only helps when its transaction might go to a
+    /// replica: routing is on and the session routes by statement.
+    fn may_hold_begin(&self) -> bool {
+        self.routes_by_statement() && !self.force_primary && !self.settings.read_only_by_default()
+    }
+
+    /// Routing is on and the session's route is `auto`.
+    fn routes_by_statement(&self) -> bool {
+        self.policy.enabled && self.policy.route == Route::Auto
+    }
+
+    /// Opens the transaction of a held BEGIN on the connection its first
+    /// request got.
+    async fn open_held_transaction(
+        &mut self,
+        conn: &mut PooledConnection,
+    ) -> Result<(), InternalError> {
+        if self.begin_held {
+            internal::query(conn, "BEGIN").await?;
+        }
+        Ok(())
+    }
+
+    /// The held BEGIN could not be opened: the client learns that its
+    /// transaction is gone (it is told it is outside one).
+    fn held_begin_failed(&mut self, error: InternalError) {
+        tracing::warn!(%error, "could not open a held transaction");
+        let message = match error {
+            InternalError::Refused(raw) => as_error(&raw),
+            InternalError::Connection(reason) => ClientError {
+                severity: "ERROR",
+                code: "08006",
+                message: format!("could not open the transaction on a server: {reason}"),
+            }
+            .to_bytes()
+            .freeze(),
+        };
+        self.fail_request(message);
     }
 
     /// Waits until a complete client message is buffered; false when the session ends.
@@ -785,6 +879,9 @@ impl TransactionSession {
     fn fail_request(&mut self, error: Bytes) {
         use bytes::Buf;
         self.shared.metrics.errors_in(&error);
+        // A held BEGIN's transaction ends with the error: the client is
+        // told it is idle, and no server has it.
+        self.begin_held = false;
         self.state.to_client.extend_from_slice(&error);
         let limit = self.proxy.config.server.max_message_size;
         while let Ok(Some((tag, len))) = relay::complete_frame(&self.state.client_in, limit) {

@@ -40,6 +40,30 @@ pub fn inspect(
     functions: &WriteFunctions,
     learned: &LearnedWrites,
 ) -> Request {
+    inspect_from(buf, limit, statements, functions, learned, false)
+}
+
+/// [`inspect`] for the first request of a transaction whose bare BEGIN the
+/// proxy holds: it reads only if its first statement is `SET TRANSACTION
+/// READ ONLY` (see [`access::classify_opened`]).
+pub fn inspect_opened(
+    buf: &[u8],
+    limit: usize,
+    statements: &ClientStatements,
+    functions: &WriteFunctions,
+    learned: &LearnedWrites,
+) -> Request {
+    inspect_from(buf, limit, statements, functions, learned, true)
+}
+
+fn inspect_from(
+    buf: &[u8],
+    limit: usize,
+    statements: &ClientStatements,
+    functions: &WriteFunctions,
+    learned: &LearnedWrites,
+    mut opened: bool,
+) -> Request {
     let mut request = Request {
         read: true,
         replayable: true,
@@ -61,7 +85,7 @@ pub fn inspect(
         match tag {
             b'Q' => {
                 let sql = body.strip_suffix(b"\0").unwrap_or(body);
-                request.read = is_read(sql, functions, learned);
+                request.read = is_read(sql, functions, learned, opened);
                 request.text = Some((start, start + sql.len()));
                 request.len = pos;
                 return request;
@@ -70,7 +94,8 @@ pub fn inspect(
                 let Ok(parse) = statements::read_parse(body) else {
                     return Request::UNSURE;
                 };
-                let read = is_read(parse.query, functions, learned);
+                let read = is_read(parse.query, functions, learned, opened);
+                opened = false;
                 // Even a prepare-only request of a write goes to the
                 // primary: its Parse may need a table a replica has yet
                 // to replay.
@@ -93,9 +118,16 @@ pub fn inspect(
                 } else {
                     match defined_here {
                         Some((name, read)) if name == bind.statement => Some(read),
+                        // Bound without a Parse first: a held BEGIN's
+                        // transaction is read-only only if this statement
+                        // says so, which its cached class cannot tell.
+                        _ if opened => statements.get(bind.statement).map(|s| {
+                            is_read(definition_text(&s.definition), functions, learned, true)
+                        }),
                         _ => statements.get(bind.statement).map(|s| s.read),
                     }
                 };
+                opened = false;
                 request.read &= read.unwrap_or(false);
             }
             b'C' => request.replayable = false,
@@ -110,12 +142,28 @@ pub fn inspect(
     }
 }
 
-fn is_read(sql: &[u8], functions: &WriteFunctions, learned: &LearnedWrites) -> bool {
+fn is_read(sql: &[u8], functions: &WriteFunctions, learned: &LearnedWrites, opened: bool) -> bool {
+    let class = |sql| {
+        if opened {
+            access::classify_opened(sql, functions)
+        } else {
+            access::classify(sql, functions)
+        }
+    };
     match access::hint(sql) {
         Some(Hint::Primary) => false,
         Some(Hint::Replica) => true,
-        None => access::classify(sql, functions) == Access::Read && !learned.contains(sql),
+        None => class(sql) == Access::Read && !learned.contains(sql),
     }
+}
+
+/// The query text of a Parse definition (text, NUL, parameter types).
+fn definition_text(definition: &[u8]) -> &[u8] {
+    let end = definition
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(definition.len());
+    &definition[..end]
 }
 
 #[cfg(test)]
@@ -187,6 +235,44 @@ mod tests {
         frame(&mut bind_only, b'B', b"\0unknown\0\0\0\0\0\0\0");
         frame(&mut bind_only, b'S', b"");
         assert!(!look(&bind_only).read);
+    }
+
+    #[test]
+    fn after_a_held_begin_the_first_statement_must_declare_read_only() {
+        let opened = |buf: &[u8], known: &ClientStatements| {
+            inspect_opened(
+                buf,
+                1 << 20,
+                known,
+                &WriteFunctions::default(),
+                &LearnedWrites::default(),
+            )
+        };
+        let known = ClientStatements::default();
+        assert!(opened(&query("SET TRANSACTION READ ONLY"), &known).read);
+        assert!(!opened(&query("SELECT 1"), &known).read);
+        assert!(opened(&extended("", "SET TRANSACTION READ ONLY"), &known).read);
+        assert!(!opened(&extended("", "SELECT 1"), &known).read);
+        // A statement prepared earlier is judged by its text, not by its
+        // cached class (a SELECT reads alone, but not as a transaction's
+        // first statement).
+        let mut known = ClientStatements::default();
+        for (name, sql) in [("ro", "SET TRANSACTION READ ONLY"), ("sel", "SELECT 1")] {
+            let body = format!("{name}\0{sql}\0\0\0");
+            let parse = statements::read_parse(body.as_bytes()).unwrap();
+            let statement =
+                statements::ClientStatement::from_parse(&parse, &WriteFunctions::default());
+            known.define(parse.name, statement);
+        }
+        let bind = |name: &str| {
+            let mut out = BytesMut::new();
+            frame(&mut out, b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+            frame(&mut out, b'E', b"\0\0\0\0\0");
+            frame(&mut out, b'S', b"");
+            out
+        };
+        assert!(opened(&bind("ro"), &known).read);
+        assert!(!opened(&bind("sel"), &known).read);
     }
 
     #[test]
