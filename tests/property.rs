@@ -6,6 +6,7 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use switchyard::protocol::messages::error_code;
+use switchyard::protocol::scanner::HEAD_LEN;
 use switchyard::protocol::{FrameScanner, read_frame, read_startup_packet};
 use switchyard::router::access::{self, WriteFunctions};
 use switchyard::router::effects::session_effects_bytes;
@@ -94,7 +95,7 @@ proptest! {
         let mut buf = BytesMut::from(&stream[..]);
         let mut whole = Vec::new();
         while let Some(frame) = read_frame(&mut buf, LIMIT).unwrap() {
-            whole.push((frame.tag, frame.body[..frame.body.len().min(8)].to_vec()));
+            whole.push((frame.tag, frame.body[..frame.body.len().min(HEAD_LEN)].to_vec()));
         }
         prop_assert_eq!(seen, whole);
     }
