@@ -521,8 +521,54 @@ async fn show_pools_maxwait_and_show_stats_averages_follow_the_traffic() {
     let waited = seconds as f64 + micros as f64 / 1e6;
     eprintln!("maxwait {seconds} s {micros} us");
     assert!((1.3..3.0).contains(&waited), "maxwait {waited} s");
+    // SHOW CLIENTS names the waiting client, and for how long.
+    let (columns, clients) = rows(&console.simple_query("SHOW CLIENTS").await.unwrap());
+    let column = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    let states: Vec<&str> = clients
+        .iter()
+        .filter(|r| r[column("database")].as_deref() == Some(APP_DB))
+        .map(|r| r[column("state")].as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "waiting").count(),
+        1,
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| **s == "active").count(),
+        1,
+        "{states:?}"
+    );
+    let waiting_row = clients
+        .iter()
+        .find(|r| r[column("state")].as_deref() == Some("waiting"))
+        .unwrap();
+    let wait_s: f64 = waiting_row[column("wait")]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let wait_us: f64 = waiting_row[column("wait_us")]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client_waited = wait_s + wait_us / 1e6;
+    eprintln!("SHOW CLIENTS: waiting for {client_waited} s");
+    assert!(
+        (1.3..3.0).contains(&client_waited),
+        "wait {client_waited} s"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
     let waiter = waiting.await.unwrap();
+    let (columns, clients) = rows(&console.simple_query("SHOW CLIENTS").await.unwrap());
+    let state = columns.iter().position(|c| c == "state").unwrap();
+    assert!(
+        clients
+            .iter()
+            .all(|r| r[state].as_deref() == Some("active")),
+        "{clients:?}"
+    );
     assert_eq!(console_value(&console, "POOLS", APP_DB, "maxwait").await, 0);
     assert_eq!(
         console_value(&console, "POOLS", APP_DB, "maxwait_us").await,

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// What is known about one logged-in client.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientInfo {
     /// The client's `user`.
     pub user: String,
@@ -24,6 +24,51 @@ pub struct ClientInfo {
     pub session_node: Option<String>,
     /// True for an admin console session.
     pub admin: bool,
+    /// Whether, and since when, the client waits for a server connection.
+    pub wait: ClientWait,
+}
+
+/// Since when a client waits for a server connection, if it does: two
+/// atomic stores and a clock read per checkout, no lock.
+#[derive(Debug)]
+pub struct ClientWait {
+    /// The clock the start is measured on.
+    origin: Instant,
+    /// Microseconds from `origin` to the wait's start, plus one; 0 when
+    /// not waiting.
+    since: AtomicU64,
+}
+
+impl Default for ClientWait {
+    fn default() -> Self {
+        ClientWait {
+            origin: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ClientWait {
+    /// The client starts waiting for a server connection.
+    pub fn begin(&self) {
+        let micros = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.since.store(micros + 1, Ordering::Relaxed);
+    }
+
+    /// The client has its connection (or gave up).
+    pub fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the client has been waiting; `None` when it is not.
+    pub fn waited(&self) -> Option<Duration> {
+        let since = self.since.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(
+            self.origin
+                .elapsed()
+                .saturating_sub(Duration::from_micros(since)),
+        )
+    }
 }
 
 /// Every logged-in client. Touched at login and logout only (a std mutex:
@@ -38,10 +83,12 @@ impl Clients {
     /// Records a client until the returned guard is dropped.
     pub fn register(self: &Arc<Self>, info: ClientInfo) -> ClientGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Arc::new(info));
+        let info = Arc::new(info);
+        self.lock().insert(id, Arc::clone(&info));
         ClientGuard {
             clients: Arc::clone(self),
             id,
+            info,
         }
     }
 
@@ -89,6 +136,14 @@ impl Clients {
 pub struct ClientGuard {
     clients: Arc<Clients>,
     id: u64,
+    info: Arc<ClientInfo>,
+}
+
+impl ClientGuard {
+    /// The listed client's record (its session marks its waits there).
+    pub fn info(&self) -> Arc<ClientInfo> {
+        Arc::clone(&self.info)
+    }
 }
 
 impl Drop for ClientGuard {
@@ -112,11 +167,24 @@ mod tests {
             application_name: String::new(),
             session_node: Some("n:1".into()),
             admin: false,
+            wait: ClientWait::default(),
         };
         let guard = clients.register(info);
         assert_eq!(clients.len(), 1);
         assert_eq!(clients.session_mode_by_node()["n:1"], 1);
         drop(guard);
         assert!(clients.is_empty());
+    }
+
+    #[test]
+    fn a_wait_is_timed_until_it_ends() {
+        let wait = ClientWait::default();
+        assert_eq!(wait.waited(), None);
+        wait.begin();
+        std::thread::sleep(Duration::from_millis(20));
+        let waited = wait.waited().unwrap();
+        assert!(waited >= Duration::from_millis(20), "{waited:?}");
+        wait.end();
+        assert_eq!(wait.waited(), None);
     }
 }

@@ -69,6 +69,7 @@ fn client_info(
         application_name: StartupPacket::param(params, "application_name").unwrap_or_default(),
         session_node: session_node.map(str::to_owned),
         admin,
+        wait: Default::default(),
     }
 }
 

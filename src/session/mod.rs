@@ -85,7 +85,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     if !session_mode {
         let shared = Arc::clone(&shared);
         let settings = Arc::clone(&settings);
-        transaction::serve(client, shared, settings, params, secret, buf, shutdown).await;
+        let listed = _listed.info();
+        transaction::serve(
+            client, shared, settings, params, secret, buf, shutdown, listed,
+        )
+        .await;
         return;
     }
     // Boxed: session mode's states (relay, re-attach, connect) would

@@ -28,24 +28,32 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 /// Every logged-in client, the admin console's included (as PgBouncer).
-/// `state` is `active` for every client: per-client transaction state is
-/// not tracked (pool-level counts are in SHOW POOLS).
+/// `state` is `waiting` while the client waits for a server connection
+/// (`wait` seconds and `wait_us` microseconds so far), else `active`, which
+/// in PgBouncer's sense covers clients in a transaction and idle ones.
 pub fn show(shared: &Shared) -> Table {
     let mut table = Table::new(COLUMNS);
     for (id, client) in shared.clients.all() {
+        let waited = client.wait.waited();
+        let state = if waited.is_some() {
+            "waiting"
+        } else {
+            "active"
+        };
+        let waited = waited.unwrap_or_default();
         table.row(vec![
             val("C"),
             val(&client.user),
             val(&client.database),
-            val("active"),
+            val(state),
             val(client.addr.ip()),
             val(client.addr.port()),
             null(),
             null(),
             val(rfc3339(client.connected_at)),
             null(),
-            val(0),
-            val(0),
+            val(waited.as_secs()),
+            val(waited.subsec_micros()),
             val(0),
             val(format!("{id:x}")),
             null(),

@@ -60,6 +60,8 @@ pub struct TransactionSession {
     primary_failing_since: Option<Instant>,
     proxy: Arc<Settings>,
     shared: Arc<Shared>,
+    /// This client's entry in SHOW CLIENTS (it shows the client waiting).
+    listed: Arc<crate::admin::clients::ClientInfo>,
 }
 
 /// The pool settings from the configuration.
@@ -88,6 +90,9 @@ struct Login {
 /// Finishes login for an authenticated client: checks out a connection to
 /// learn the server's parameters under the client's settings, greets the
 /// client, then serves it until it leaves.
+// The session's parts as `session::serve` took them apart; a struct to
+// carry them would be built for this one call.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     mut client: ClientStream,
     shared: Arc<Shared>,
@@ -96,6 +101,7 @@ pub async fn serve(
     password: Option<Secret>,
     early_client_bytes: BytesMut,
     shutdown: Shutdown,
+    listed: Arc<crate::admin::clients::ClientInfo>,
 ) {
     // Boxed, once per session, for the reason `admit` is.
     let login = match Box::pin(login(&mut client, &shared, &settings, &params, password)).await {
@@ -125,6 +131,7 @@ pub async fn serve(
         primary_failing_since: None,
         proxy: settings,
         shared,
+        listed,
     };
     session.run(&shutdown).await;
 }
@@ -422,7 +429,10 @@ impl TransactionSession {
             return self.flush().await;
         };
         tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
-        let mut conn = match routed.pool.checkout().await {
+        self.listed.wait.begin();
+        let checkout = routed.pool.checkout().await;
+        self.listed.wait.end();
+        let mut conn = match checkout {
             Ok(conn) => conn,
             Err(error) if routed.plan.gated && matches!(error, PoolError::Connect(_)) => {
                 // A replica that cannot serve is not the client's problem,
