@@ -268,4 +268,12 @@ fn node_hosts_must_be_loopback_and_one_per_node() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("not a loopback"), "{err}");
+
+    let err = LocalCluster::start(&ClusterSpec {
+        replicas: 1,
+        hosts: vec!["127.0.1.1".to_owned(), "127.0.1.1".to_owned()],
+        ..ClusterSpec::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
 }

@@ -28,6 +28,23 @@ pub struct Traffic {
     pub queries: u64,
     /// Microseconds from requests to their ReadyForQuery.
     pub query_micros: u64,
+    /// Named statements used that the server connection had prepared.
+    pub prepared_hits: u64,
+    /// Named statements used that had to be prepared on it first.
+    pub prepared_misses: u64,
+}
+
+impl Traffic {
+    /// A named statement was used (Parse, Bind or Describe): `hit` when
+    /// the server connection had it. Added to the shared counters once per
+    /// stretch, not per message.
+    pub fn count_prepared(&mut self, hit: bool) {
+        if hit {
+            self.prepared_hits += 1;
+        } else {
+            self.prepared_misses += 1;
+        }
+    }
 }
 
 /// Authentication failed: wrong passwords and unknown users count as auth
@@ -81,10 +98,15 @@ pub fn stretch_ended(shared: &Shared, pool: &Pool, traffic: &mut Traffic, starte
         sent,
         queries,
         query_micros,
+        prepared_hits,
+        prepared_misses,
     } = std::mem::take(traffic);
     let metrics = pool.metrics();
     metrics.transaction_done(started.elapsed().as_secs_f64(), received, sent);
     metrics.queries(queries, query_micros);
+    shared
+        .metrics
+        .prepared_statements(prepared_hits, prepared_misses);
     shared.metrics.bytes_received.inc_by(received);
     shared.metrics.bytes_sent.inc_by(sent);
 }

@@ -468,14 +468,15 @@ impl Metrics {
         }
     }
 
-    /// A client's named prepared statement was used (Parse, Bind or
-    /// Describe) and was already parsed (`hit`) on the connection serving
-    /// it, or had to be parsed there first.
-    pub fn prepared_statement(&self, hit: bool) {
-        if hit {
-            self.prepared_cache_hits.inc();
-        } else {
-            self.prepared_cache_misses.inc();
+    /// Clients' named prepared statements were used (Parse, Bind or
+    /// Describe): `hits` times already parsed on the connection serving
+    /// them, `misses` times parsed there first.
+    pub fn prepared_statements(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.prepared_cache_hits.inc_by(hits);
+        }
+        if misses > 0 {
+            self.prepared_cache_misses.inc_by(misses);
         }
     }
 

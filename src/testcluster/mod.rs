@@ -342,6 +342,13 @@ fn validate(spec: &ClusterSpec) -> Result<(), ClusterError> {
                 spec.replicas + 1
             ));
         }
+        let mut distinct = spec.hosts.clone();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() != spec.hosts.len() {
+            // Nodes on one host would share its one port.
+            return bad(format!("hosts {:?} names a host twice", spec.hosts));
+        }
         for host in &spec.hosts {
             // Test traffic stays on loopback.
             if !host

@@ -521,8 +521,10 @@ impl TransactionSession {
         self.registration.set_linked(false);
         // The relay leaves a finished transaction's last bytes to be
         // written here, after it was counted above.
-        if matches!(end, StretchEnd::Idle) && !self.flush().await {
-            // The client is gone; its connection goes back as usual.
+        if matches!(end, StretchEnd::Idle) && !self.flush_until_hard_stop(watch).await {
+            // The client is gone, or would not read before the shutdown
+            // timeout; the server's side is idle, so its connection goes
+            // back as usual.
             self.finish_stretch(conn, StretchEnd::Idle).await;
             return false;
         }
@@ -907,6 +909,18 @@ impl TransactionSession {
         let ok = self.client.write_all(&self.state.to_client).await.is_ok();
         self.state.to_client.clear();
         ok
+    }
+
+    /// [`Self::flush`] of what may be up to a result's last 64 KiB, given
+    /// up at the shutdown timeout: a client that stops reading must not
+    /// hold its session (and shutdown) forever.
+    async fn flush_until_hard_stop(&mut self, watch: &mut ShutdownWatch) -> bool {
+        let written = tokio::select! {
+            written = self.client.write_all(&self.state.to_client) => written.is_ok(),
+            () = &mut watch.hard_stop => false,
+        };
+        self.state.to_client.clear();
+        written
     }
 
     fn count_pin(&mut self) {

@@ -421,7 +421,7 @@ impl Stretch<'_> {
         let internal = statement.internal;
         self.state.statements.define(parse.name, statement);
         let hit = self.prepared.contains(&internal);
-        self.metrics.prepared_statement(hit);
+        self.state.traffic.count_prepared(hit);
         if hit {
             self.state
                 .tracker
@@ -443,7 +443,7 @@ impl Stretch<'_> {
             statement.sets_session_state,
         );
         let hit = self.prepared.contains(&internal);
-        self.metrics.prepared_statement(hit);
+        self.state.traffic.count_prepared(hit);
         if !hit {
             statements::write_parse(self.to_server, internal, &statement.definition);
             self.prepared.insert(internal);
@@ -639,7 +639,7 @@ impl Stretch<'_> {
                 if let Some(sent) = self.query_clock.take() {
                     let now = std::time::Instant::now();
                     self.state.traffic.query_micros += (now - sent).as_micros() as u64;
-                    if self.state.tracker.pending_ready() > 0 {
+                    if self.state.tracker.awaits_ready() {
                         // Pipelined: the next request's answer starts now.
                         self.query_clock = Some(now);
                     }

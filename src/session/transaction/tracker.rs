@@ -155,6 +155,11 @@ impl ResponseTracker {
         self.queue.iter().filter(|e| **e == Expect::Ready).count()
     }
 
+    /// True while a ReadyForQuery is still due (without counting them all).
+    pub fn awaits_ready(&self) -> bool {
+        self.queue.contains(&Expect::Ready)
+    }
+
     /// Forgets everything (the server connection is gone).
     pub fn clear(&mut self) {
         self.queue.clear();
