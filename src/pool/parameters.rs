@@ -32,12 +32,7 @@ pub(super) fn parameter_status_frames(startup: &[u8]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
+    use crate::protocol::frame::encode_frame as frame;
 
     #[test]
     fn keeps_parameter_status_and_drops_notices() {

@@ -110,6 +110,15 @@ impl<'a> BodyReader<'a> {
     }
 }
 
+/// One frame (tag, length, body) encoded by hand, for unit tests.
+#[cfg(test)]
+pub(crate) fn encode_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,12 @@ pub fn ready_for_query_idle(buf: &mut BytesMut) {
     encode(&ReadyForQuery::new(TransactionStatus::Idle), buf);
 }
 
+/// ReadyForQuery with `status` (`I`, `T` or `E`), written directly: the
+/// held-BEGIN path answers with it per request.
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    buf.extend_from_slice(&[b'Z', 0, 0, 0, 5, status]);
+}
+
 /// CommandComplete with `tag` (e.g. "SET").
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     encode(&CommandComplete::new(tag.to_owned()), buf);
@@ -141,5 +147,7 @@ mod tests {
         let mut buf = BytesMut::new();
         ready_for_query_idle(&mut buf);
         assert_eq!(&buf[..], b"Z\0\0\0\x05I");
+        ready_for_query(&mut buf, b'T');
+        assert_eq!(&buf[6..], b"Z\0\0\0\x05T");
     }
 }

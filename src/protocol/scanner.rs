@@ -133,12 +133,7 @@ impl FrameScanner {
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::frame::encode_frame as frame;
 
     fn scan_in_pieces(stream: &[u8], piece: usize) -> Vec<(u8, Vec<u8>)> {
         let mut scanner = FrameScanner::new(1 << 20);

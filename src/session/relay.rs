@@ -454,12 +454,7 @@ fn name_hash(name: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::frame::encode_frame as frame;
 
     fn query(sql: &str) -> Vec<u8> {
         frame(b'Q', format!("{sql}\0").as_bytes())

@@ -209,21 +209,16 @@ const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
 const NO_DATA: &[u8] = b"n\0\0\0\x04";
 
-/// ReadyForQuery with `status` ('I', 'T' or 'E').
-pub fn ready_for_query(out: &mut bytes::BytesMut, status: u8) {
-    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, status]);
-}
+use crate::protocol::messages::ready_for_query;
 
 #[cfg(test)]
 mod tests {
-    use bytes::{BufMut, BytesMut};
+    use bytes::BytesMut;
 
     use super::*;
 
     fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
-        out.put_u8(tag);
-        out.put_u32(body.len() as u32 + 4);
-        out.put_slice(body);
+        out.extend_from_slice(&crate::protocol::frame::encode_frame(tag, body));
     }
 
     fn query(sql: &str) -> BytesMut {

@@ -47,7 +47,7 @@ pub fn answer(
                     .to_client
                     .extend_from_slice(Synthetic::CloseComplete.bytes());
             }
-            b'S' => super::deferred::ready_for_query(&mut state.to_client, status),
+            b'S' => crate::protocol::messages::ready_for_query(&mut state.to_client, status),
             _ => {}
         }
         pos += len;
@@ -93,12 +93,7 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::frame::encode_frame as frame;
 
     #[test]
     fn known_parse_and_sync_are_answered_locally() {

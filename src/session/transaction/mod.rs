@@ -748,7 +748,7 @@ impl TransactionSession {
                 error.encode(&mut self.state.to_client);
             }
         }
-        deferred::ready_for_query(&mut self.state.to_client, status);
+        messages::ready_for_query(&mut self.state.to_client, status);
         true
     }
 

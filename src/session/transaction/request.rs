@@ -168,14 +168,12 @@ fn definition_text(definition: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
-    use bytes::{BufMut, BytesMut};
+    use bytes::BytesMut;
 
     use super::*;
 
     fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
-        out.put_u8(tag);
-        out.put_u32(body.len() as u32 + 4);
-        out.put_slice(body);
+        out.extend_from_slice(&crate::protocol::frame::encode_frame(tag, body));
     }
 
     fn query(sql: &str) -> BytesMut {
