@@ -164,13 +164,13 @@ trap 'exit 143' TERM
 
 # --- helpers --------------------------------------------------------------
 
-# utime + stime of a process, in clock ticks (all threads).
+# utime and stime of a process, in clock ticks (all threads), space-separated.
 cpu_ticks() {
     local stat rest f
     stat=$(<"/proc/$1/stat")
     rest=${stat##*) }          # fields from 3 (state) on; comm may hold spaces
     read -ra f <<<"$rest"
-    echo $(( f[11] + f[12] ))  # fields 14 (utime) and 15 (stime)
+    echo "${f[11]} ${f[12]}"   # fields 14 (utime) and 15 (stime)
 }
 
 port_in_use() {
@@ -320,10 +320,13 @@ measure() {
     local name="${label}-${target}"
     log "$label via $target: warm-up ${WARMUP} s, then ${DURATION} s"
     run_pgbench "$name-warmup" "$port" "$WARMUP" "$@"
-    local before=0 after=0
+    local before="0 0" after="0 0"
     if [[ -n $pid ]]; then before=$(cpu_ticks "$pid"); fi
     run_pgbench "$name" "$port" "$DURATION" "$@"
     if [[ -n $pid ]]; then after=$(cpu_ticks "$pid"); fi
+    local user_ticks system_ticks
+    user_ticks=$(( ${after% *} - ${before% *} ))
+    system_ticks=$(( ${after#* } - ${before#* } ))
     local out=$TMP/pgbench-$name.out tps tx
     tps=$(awk '/^tps = / { print $3; exit }' "$out")
     tx=$(awk -F': ' '/number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
@@ -333,10 +336,10 @@ measure() {
         return 1
     fi
     if [[ -z $pid ]]; then
-        printf '| %s | %.0f | %s | – | – |\n' "$target" "$tps" "$tx"
+        printf '| %s | %.0f | %s | – | – | – |\n' "$target" "$tps" "$tx"
     else
-        awk -v t="$target" -v tps="$tps" -v tx="$tx" -v d=$(( after - before )) -v hz="$CLK_TCK" \
-            'BEGIN { cpu = d / hz; printf "| %s | %.0f | %d | %.2f | %.4f |\n", t, tps, tx, cpu, cpu * 1000 / tx }'
+        awk -v t="$target" -v tps="$tps" -v tx="$tx" -v u="$user_ticks" -v s="$system_ticks" -v hz="$CLK_TCK" \
+            'BEGIN { cpu = (u + s) / hz; printf "| %s | %.0f | %d | %.2f | %.0f %% | %.4f |\n", t, tps, tx, cpu, u * 100 / (u + s), cpu * 1000 / tx }'
     fi
 }
 
@@ -345,8 +348,8 @@ table() {
     shift 2
     echo "## $title"
     echo
-    echo "| target | TPS | transactions | proxy CPU-s | CPU-s per 1000 tx |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| target | TPS | transactions | proxy CPU-s | of which user | CPU-s per 1000 tx |"
+    echo "|---|---:|---:|---:|---:|---:|"
     measure "$label" direct "$PRIMARY_PORT" "" "$@"
     measure "$label" switchyard "$SY_PORT" "$DEMO_PID" "$@"
     measure "$label" pgbouncer "$PGB_PORT" "$PGB_PID" "$@"

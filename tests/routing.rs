@@ -227,6 +227,91 @@ async fn read_only_transactions_run_on_a_replica_and_read_write_ones_on_the_prim
             assert_eq!(first, second, "one transaction, one node");
         }
     }
+    // A hot standby refuses serializable transactions (0A000): read-only
+    // or not, they run on the primary, with no error for the client.
+    for begin in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE, DEFERRABLE",
+    ] {
+        client.batch_execute(begin).await.unwrap();
+        let port = simple_port(&client, "SELECT inet_server_port()").await;
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(port, primary, "{begin}");
+    }
+    // So do the reads of a session that made serializable its default...
+    client
+        .batch_execute("SET default_transaction_isolation = 'serializable'")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(server_port(&client).await, primary);
+    }
+    client
+        .batch_execute("RESET default_transaction_isolation")
+        .await
+        .unwrap();
+    // ...and, through a retry on the primary, those of a session whose
+    // database made it the default (which the proxy cannot see), in the
+    // simple protocol and with unnamed statements. (A named statement's
+    // Parse is not re-run elsewhere: its 0A000 reaches the client.)
+    let primary_node = h.cluster.primary();
+    primary_node
+        .psql("CREATE DATABASE serial OWNER app")
+        .unwrap();
+    primary_node
+        .psql("ALTER DATABASE serial SET default_transaction_isolation = 'serializable'")
+        .unwrap();
+    for replica in h.cluster.replicas() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while replica
+            .psql("SELECT count(*) FROM pg_database WHERE datname = 'serial'")
+            .unwrap()
+            != "1"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never got the database"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let serial = connect(&h.proxy_dsn().replace("dbname=appdb", "dbname=serial")).await;
+    for _ in 0..10 {
+        let row = serial
+            .query_typed_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0) as u16, primary);
+        assert_eq!(
+            simple_port(&serial, "SELECT inet_server_port()").await,
+            primary
+        );
+    }
+    // A client with no settings to apply: the replica's 0A000 itself is
+    // held back and the request re-run on the primary.
+    let (mut raw, _) = support::raw::raw_login_to(h.proxy.addr, "serial").await;
+    for _ in 0..5 {
+        let replies = exchange(&mut raw, &message(b'Q', b"SELECT inet_server_port()\0")).await;
+        assert_eq!(tags(&replies), b"TDCZ", "{replies:?}");
+        assert_eq!(first_value(&replies), primary.to_string());
+        let replies = exchange(&mut raw, &unnamed_extended("SELECT inet_server_port()")).await;
+        assert_eq!(tags(&replies), b"12TDCZ", "{replies:?}");
+        assert_eq!(first_value(&replies), primary.to_string());
+    }
+    let log = h.proxy.log();
+    assert!(
+        log.contains("retrying a replica's request on the primary"),
+        "{log}"
+    );
+    // The session whose settings a replica refused stopped asking replicas.
+    assert_eq!(
+        log.matches("replica cannot take the session").count(),
+        1,
+        "{log}"
+    );
+    // The statement itself was not learned as a write.
+    let port = simple_port(&client, "SELECT inet_server_port()").await;
+    assert!(port == r1 || port == r2, "ran on {port}");
     for _ in 0..10 {
         client.batch_execute("BEGIN").await.unwrap();
         let before = simple_port(&client, "SELECT inet_server_port()").await;
@@ -661,4 +746,66 @@ async fn a_bare_begin_with_a_write_runs_wholly_on_the_primary_and_an_empty_one_o
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(transactions(), before + 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_begin_that_cannot_open_leaves_a_failed_transaction_until_it_ends() {
+    let pool = "\n[pool]\nmax_size = 1\ncheckout_timeout = \"300ms\"";
+    let h = tokio::task::spawn_blocking(move || routed(pool, &[]))
+        .await
+        .unwrap();
+    let holder = connect(&h.proxy_dsn()).await;
+    holder
+        .batch_execute("CREATE TABLE w (x int)")
+        .await
+        .unwrap();
+    let mut raw = raw_session(&h).await;
+    // The primary's only connection is taken by an open transaction.
+    holder
+        .batch_execute("BEGIN; INSERT INTO w VALUES (1)")
+        .await
+        .unwrap();
+    let replies = exchange(&mut raw, &message(b'Q', b"BEGIN\0")).await;
+    assert_eq!(tags(&replies), b"CZ");
+    assert_eq!(replies[1].1, b"T");
+    // Its first write cannot get a connection: the transaction fails, as
+    // it would have on a server.
+    let replies = exchange(&mut raw, &message(b'Q', b"INSERT INTO w VALUES (2)\0")).await;
+    assert_eq!(tags(&replies), b"EZ", "{replies:?}");
+    assert_eq!(replies[1].1, b"E");
+    // Everything but its end is refused with 25P02, with no server.
+    let replies = exchange(&mut raw, &message(b'Q', b"SELECT 1\0")).await;
+    assert_eq!(tags(&replies), b"EZ");
+    assert!(
+        replies[0].1.windows(6).any(|w| w == b"C25P02"),
+        "{replies:?}"
+    );
+    assert_eq!(replies[1].1, b"E");
+    let replies = exchange(&mut raw, &unnamed_extended("SELECT 1")).await;
+    assert_eq!(tags(&replies), b"EZ");
+    assert_eq!(replies[1].1, b"E");
+    let replies = exchange(&mut raw, &message(b'S', b"")).await;
+    assert_eq!(tags(&replies), b"Z");
+    assert_eq!(replies[0].1, b"E");
+    // COMMIT ends it as PostgreSQL does: ROLLBACK.
+    let replies = exchange(&mut raw, &unnamed_extended("COMMIT")).await;
+    assert_eq!(tags(&replies), b"12nCZ");
+    assert_eq!(replies[3].1, b"ROLLBACK\0");
+    assert_eq!(replies[4].1, b"I");
+    // The holder commits; the client's next transaction works.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let replies = exchange(&mut raw, &message(b'Q', b"BEGIN\0")).await;
+    assert_eq!(tags(&replies), b"CZ");
+    let replies = exchange(&mut raw, &message(b'Q', b"INSERT INTO w VALUES (3)\0")).await;
+    assert_eq!(tags(&replies), b"CZ", "{replies:?}");
+    assert_eq!(replies[1].1, b"T");
+    let replies = exchange(&mut raw, &message(b'Q', b"COMMIT\0")).await;
+    assert_eq!(tags(&replies), b"CZ");
+    assert_eq!(replies[1].1, b"I");
+    let rows = h
+        .cluster
+        .primary()
+        .psql_db(APP_DB, "SELECT string_agg(x::text, ',' ORDER BY x) FROM w")
+        .unwrap();
+    assert_eq!(rows, "1,3");
 }

@@ -405,12 +405,17 @@ fn set(lexer: &mut Lexer<'_>) -> Verdict {
 }
 
 /// True when the transaction modes in the rest of the statement say READ
-/// ONLY (and not READ WRITE after it).
+/// ONLY (and not READ WRITE after it), and not SERIALIZABLE: a hot standby
+/// refuses serializable transactions (0A000, "cannot use serializable mode
+/// in a hot standby"), so those run on the primary even when read-only.
 fn declares_read_only(mut look: Lexer<'_>) -> bool {
     let mut read_only = false;
     while let Some(t) = look.next() {
         if t.is_statement_end() {
             break;
+        }
+        if t.is_keyword("serializable") {
+            return false;
         }
         if t.is_keyword("read") {
             // Peek: in `REPEATABLE READ READ ONLY` the word after the first

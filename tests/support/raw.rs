@@ -49,11 +49,16 @@ pub async fn raw_session(h: &Harness) -> TcpStream {
 /// Logs in as `app` at `addr` (SCRAM); returns the stream at ReadyForQuery
 /// and the BackendKeyData (process id, secret) the proxy issued.
 pub async fn raw_login(addr: std::net::SocketAddr) -> (TcpStream, (i32, i32)) {
+    raw_login_to(addr, "appdb").await
+}
+
+/// [`raw_login`] to `database`, with no other startup parameter.
+pub async fn raw_login_to(addr: std::net::SocketAddr, database: &str) -> (TcpStream, (i32, i32)) {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut key = (0, 0);
     stream
-        .write_all(&startup_packet(&[("user", "app"), ("database", "appdb")]))
+        .write_all(&startup_packet(&[("user", "app"), ("database", database)]))
         .await
         .unwrap();
     let mut scram = ScramSha256::new(

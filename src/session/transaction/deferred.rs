@@ -9,6 +9,11 @@
 //! the node its next request is routed to. A COMMIT or ROLLBACK right after
 //! it is answered here too: the transaction did nothing, on no server.
 //!
+//! When the held transaction fails before any server has it (no
+//! connection for its first request, say), the client is told what
+//! PostgreSQL would say: ReadyForQuery 'E', then 25P02 for everything until
+//! COMMIT or ROLLBACK, both answered ROLLBACK.
+//!
 //! Only requests whose answer is certain qualify: one statement, no
 //! parameters, the unnamed portal, a Sync at the end, no statement name
 //! reused. Anything else (a pipeline with more after the BEGIN, say) goes
@@ -205,6 +210,45 @@ pub fn answer(state: &mut ClientState, lone: Lone, status: u8, functions: &Write
     state.client_in.advance(lone.len);
 }
 
+/// Answers the request at the front of the client's input inside a held
+/// transaction that failed on no server, where PostgreSQL answers from its
+/// failed transaction block: a lone COMMIT or ROLLBACK ends it (tag
+/// ROLLBACK, ReadyForQuery 'I'), a lone Sync gets ReadyForQuery 'E'. The
+/// status sent, or `None` when the request is to be refused with
+/// [`in_failed_transaction`] (anything else, pipelines ending it included:
+/// without a server, the proxy answers only what it can answer exactly).
+pub fn answer_failed(
+    state: &mut ClientState,
+    limit: usize,
+    functions: &WriteFunctions,
+) -> Option<u8> {
+    if let Ok(Some((b'S', len))) = complete_frame(&state.client_in, limit) {
+        state.client_in.advance(len);
+        ready_for_query(&mut state.to_client, b'E');
+        return Some(b'E');
+    }
+    let ending = lone(&state.client_in, limit, &state.statements)
+        .filter(|l| matches!(l.control, Control::Commit | Control::Rollback))?;
+    let lone = Lone {
+        control: Control::Rollback,
+        ..ending
+    };
+    answer(state, lone, b'I', functions);
+    Some(b'I')
+}
+
+/// PostgreSQL's refusal of a statement inside a failed transaction block.
+pub fn in_failed_transaction() -> bytes::Bytes {
+    crate::protocol::messages::ClientError {
+        severity: "ERROR",
+        code: "25P02",
+        message: "current transaction is aborted, commands ignored until end of transaction block"
+            .into(),
+    }
+    .to_bytes()
+    .freeze()
+}
+
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
 const NO_DATA: &[u8] = b"n\0\0\0\x04";
@@ -285,6 +329,48 @@ mod tests {
         assert_eq!(
             lone_of(&commit, &state.statements).map(|l| l.control),
             Some(Control::Commit)
+        );
+    }
+
+    #[test]
+    fn a_failed_held_transaction_ends_only_with_commit_or_rollback() {
+        let functions = WriteFunctions::default();
+        let failed = |input: BytesMut| {
+            let mut state = ClientState {
+                client_in: input,
+                ..ClientState::default()
+            };
+            let status = answer_failed(&mut state, 1 << 20, &functions);
+            (status, state)
+        };
+        // COMMIT ends it as ROLLBACK, in either protocol.
+        let (status, state) = failed(query("COMMIT"));
+        assert_eq!(status, Some(b'I'));
+        assert_eq!(&state.to_client[..], b"C\0\0\0\x0dROLLBACK\0Z\0\0\0\x05I");
+        let (status, state) = failed(extended("", "END", true));
+        assert_eq!(status, Some(b'I'));
+        assert_eq!(
+            &state.to_client[..],
+            b"1\0\0\0\x042\0\0\0\x04n\0\0\0\x04C\0\0\0\x0dROLLBACK\0Z\0\0\0\x05I"
+        );
+        assert!(state.client_in.is_empty());
+        // A Sync alone: still failed.
+        let mut sync = BytesMut::new();
+        frame(&mut sync, b'S', b"");
+        let (status, state) = failed(sync);
+        assert_eq!(status, Some(b'E'));
+        assert_eq!(&state.to_client[..], b"Z\0\0\0\x05E");
+        // Anything else is refused (by the caller), untouched here.
+        for refused in [query("SELECT 1"), query("BEGIN"), query("COMMIT; SELECT 1")] {
+            let (status, state) = failed(refused.clone());
+            assert_eq!(status, None);
+            assert!(state.to_client.is_empty());
+            assert_eq!(state.client_in, refused);
+        }
+        let error = in_failed_transaction();
+        assert_eq!(
+            crate::protocol::messages::error_code(&error[HEADER_LEN..]),
+            Some(&b"25P02"[..])
         );
     }
 

@@ -54,6 +54,12 @@ pub struct TransactionSession {
     /// The client's bare BEGIN was answered by the proxy: its transaction
     /// opens on the node the next request is routed to.
     begin_held: bool,
+    /// The held BEGIN's transaction failed before any server had it: the
+    /// client is in a failed transaction block until it ends it.
+    held_failed: bool,
+    /// The settings (fingerprint) a replica refused to take: while the
+    /// session keeps them, its reads go to the primary.
+    settings_refused_by_replica: Option<u64>,
     /// When the primary first failed the request at hand (could not be
     /// reached, or stopped it before it ran), while the request waits for
     /// the topology to catch up.
@@ -128,6 +134,8 @@ pub async fn serve(
         policy: login.policy,
         force_primary: false,
         begin_held: false,
+        held_failed: false,
+        settings_refused_by_replica: None,
         primary_failing_since: None,
         proxy: settings,
         shared,
@@ -398,6 +406,14 @@ impl TransactionSession {
         }
         let proxy = Arc::clone(&self.proxy);
         let functions = &proxy.write_functions;
+        if self.held_failed {
+            let limit = proxy.config.server.max_message_size;
+            match deferred::answer_failed(&mut self.state, limit, functions) {
+                Some(status) => self.held_failed = status == b'E',
+                None => self.fail_request(deferred::in_failed_transaction()),
+            }
+            return self.flush().await;
+        }
         let status = if self.begin_held { b'T' } else { b'I' };
         if local::answer(&mut self.state, &self.catalog, functions, status)
             || self.answer_route_setting(status)
@@ -421,7 +437,9 @@ impl TransactionSession {
             &self.shared.learned_writes,
         );
         let read = !std::mem::take(&mut self.force_primary)
-            && (request.read || self.settings.read_only_by_default());
+            && (request.read || self.settings.read_only_by_default())
+            && !self.settings.serializable_by_default()
+            && self.settings_refused_by_replica != Some(self.settings.fingerprint());
         // PAUSE (admin console) holds new transactions here, and waits
         // for this one until the guard drops at the end of the stretch.
         let _active = self.shared.pause.enter().await;
@@ -461,7 +479,15 @@ impl TransactionSession {
             }
         };
         if let Err(error) = self.prepare(&mut conn).await {
-            if routed.plan.gated && matches!(error, InternalError::Connection(_)) {
+            // A replica that cannot take the session's settings (lost, or
+            // refusing them: a standby refuses even `SELECT set_config(…)`
+            // when serializable is the database's or role's default) is
+            // not the client's problem either.
+            if routed.plan.gated {
+                tracing::debug!(%error, "replica cannot take the session; the primary serves the read");
+                if matches!(error, InternalError::Refused(_)) {
+                    self.settings_refused_by_replica = Some(self.settings.fingerprint());
+                }
                 conn.discard();
                 self.force_primary = true;
                 return true;
@@ -528,11 +554,11 @@ impl TransactionSession {
             self.finish_stretch(conn, StretchEnd::Idle).await;
             return false;
         }
-        if let StretchEnd::Retry { reusable } = end {
+        if let StretchEnd::Retry { reusable, writes } = end {
             if routed.plan.gated {
                 self.state.to_client.clear();
                 self.begin_held = begun;
-                self.retry_on_primary(conn, reusable, request);
+                self.retry_on_primary(conn, reusable, writes, request);
                 return true;
             }
             // Boxed: a rare path whose future would otherwise enlarge every
@@ -637,16 +663,23 @@ impl TransactionSession {
         })
     }
 
-    /// A replica refused the request as a write (or was lost before
-    /// answering): remember the statement and run it again on the primary.
-    fn retry_on_primary(&mut self, conn: PooledConnection, reusable: bool, request: Request) {
+    /// A replica refused the request (or was lost before answering): run
+    /// it again on the primary, and remember the statement when the
+    /// refusal said it `writes`.
+    fn retry_on_primary(
+        &mut self,
+        conn: PooledConnection,
+        reusable: bool,
+        writes: bool,
+        request: Request,
+    ) {
         if reusable {
             conn.checkin();
         } else {
             conn.discard();
             self.state.tracker.clear();
         }
-        if let Some((start, end)) = request.text.filter(|_| reusable) {
+        if let Some((start, end)) = request.text.filter(|_| reusable && writes) {
             self.shared
                 .learned_writes
                 .insert(&self.state.replay[start..end]);
@@ -800,8 +833,8 @@ impl TransactionSession {
         Ok(())
     }
 
-    /// The held BEGIN could not be opened: the client learns that its
-    /// transaction is gone (it is told it is outside one).
+    /// The held BEGIN could not be opened: its transaction fails, as it
+    /// would have on a server (ReadyForQuery 'E' until COMMIT or ROLLBACK).
     fn held_begin_failed(&mut self, error: InternalError) {
         tracing::warn!(%error, "could not open a held transaction");
         let message = match error {
@@ -891,9 +924,10 @@ impl TransactionSession {
     fn fail_request(&mut self, error: Bytes) {
         use bytes::Buf;
         self.shared.metrics.errors_in(&error);
-        // A held BEGIN's transaction ends with the error: the client is
-        // told it is idle, and no server has it.
-        self.begin_held = false;
+        // A held BEGIN's transaction fails with the error, on no server.
+        if std::mem::take(&mut self.begin_held) {
+            self.held_failed = true;
+        }
         self.state.to_client.extend_from_slice(&error);
         let limit = self.proxy.config.server.max_message_size;
         while let Ok(Some((tag, len))) = relay::complete_frame(&self.state.client_in, limit) {
@@ -902,7 +936,8 @@ impl TransactionSession {
                 break;
             }
         }
-        messages::ready_for_query_idle(&mut self.state.to_client);
+        let status = if self.held_failed { b'E' } else { b'I' };
+        messages::ready_for_query(&mut self.state.to_client, status);
     }
 
     async fn flush(&mut self) -> bool {

@@ -81,14 +81,17 @@ pub enum StretchEnd {
     IdleTimeout,
     /// The node stopped the request before any of it ran or any of the
     /// answer reached the client: a replica refused the read as writing
-    /// (25006) or was lost, or the primary terminated it (57P01) or turned
-    /// out to be in recovery (25006). Run it again on the primary, or, if
+    /// (25006) or as unsupported there (0A000, e.g. a serializable
+    /// transaction) or was lost, or the primary terminated it (57P01) or
+    /// turned out to be in recovery (25006). Run it again on the primary, or, if
     /// the caller decides against that, deliver the held answer, which is
     /// left in `to_client`. `reusable` says whether the connection is still
     /// good (the answer ended with ReadyForQuery).
     Retry {
         /// The connection is idle and healthy.
         reusable: bool,
+        /// The refusal was 25006: the statement writes, whoever sends it.
+        writes: bool,
     },
 }
 
@@ -150,8 +153,10 @@ struct Stretch<'a> {
     gate_closed: bool,
     /// Output to the client is held back (see [`Plan::retryable`]).
     holding: bool,
-    /// The held answer is a 25006 refusal: retry on the primary.
+    /// The held answer is a refusal: retry on the primary.
     refused: bool,
+    /// The refusal was 25006 (the statement writes).
+    refused_as_write: bool,
     prepared: &'a mut HashSet<u64>,
     /// The connection's own buffers (see `ServerConnection::outgoing`).
     to_server: &'a mut BytesMut,
@@ -207,6 +212,7 @@ pub async fn run(
         gate_closed: false,
         holding: plan.retryable,
         refused: false,
+        refused_as_write: false,
         prepared,
         to_server: outgoing,
         server_in: pending,
@@ -229,7 +235,10 @@ pub async fn run(
             return StretchEnd::ServerProtocol(error);
         }
         if stretch.refused && stretch.at_ready && stretch.state.tracker.is_empty() {
-            return StretchEnd::Retry { reusable: true };
+            return StretchEnd::Retry {
+                reusable: true,
+                writes: stretch.refused_as_write,
+            };
         }
         let settled = stretch.settled();
         if settled && !stretch.state.pins.is_pinned() {
@@ -284,7 +293,10 @@ pub async fn run(
                 if stretch.holding && (stretch.plan.gated || stretch.refused) {
                     // Nothing of the answer reached the client: the primary
                     // can answer it instead.
-                    return StretchEnd::Retry { reusable: false };
+                    return StretchEnd::Retry {
+                        reusable: false,
+                        writes: false,
+                    };
                 }
                 // Keep what the server said last (e.g. its FATAL) for the client.
                 let _ = stretch.handle_server();
@@ -571,7 +583,9 @@ impl Stretch<'_> {
     }
 
     /// While the answer is held: a 25006 refusal means retry (if the
-    /// request ends outside a transaction), and so does the primary
+    /// request ends outside a transaction), so does a replica's 0A000
+    /// (a standby refuses serializable transactions, which a role's or
+    /// database's default can make of any read), and so does the primary
     /// terminating the connection (57P01) before any CommandComplete; a
     /// row, COPY data, or a large answer means the result is real and is
     /// released, and on the primary so does a CommandComplete.
@@ -579,7 +593,13 @@ impl Stretch<'_> {
         let on_primary = !self.plan.gated;
         match tag {
             b'E' => match crate::protocol::messages::error_code(&frame[HEADER_LEN..]) {
-                Some(b"25006") => self.refused = true,
+                Some(b"25006") => {
+                    self.refused = true;
+                    self.refused_as_write = true;
+                }
+                // Not remembered as a write: it is the session's setting,
+                // not the statement, that the standby refused.
+                Some(b"0A000") if !on_primary => self.refused = true,
                 // PostgreSQL commits an implicit transaction before the
                 // last CommandComplete of a Query, or at Sync after every
                 // Execute's, and holds interrupts while it commits: a
@@ -593,6 +613,7 @@ impl Stretch<'_> {
                 let status = frame.get(HEADER_LEN).copied().unwrap_or(b'I');
                 if !(self.refused && status == b'I') {
                     self.refused = false;
+                    self.refused_as_write = false;
                     self.holding = false;
                 }
             }

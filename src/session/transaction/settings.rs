@@ -84,6 +84,15 @@ impl SessionSettings {
         })
     }
 
+    /// True when the session's transactions are serializable by default
+    /// (`default_transaction_isolation = serializable`), which a hot
+    /// standby refuses: its reads must run on the primary.
+    pub fn serializable_by_default(&self) -> bool {
+        self.pairs.iter().any(|(name, value)| {
+            name == "default_transaction_isolation" && value.eq_ignore_ascii_case("serializable")
+        })
+    }
+
     /// 0 for server defaults; equal settings have equal fingerprints.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
@@ -247,5 +256,22 @@ mod route_tests {
         )]);
         assert!(on.read_only_by_default());
         assert!(!SessionSettings::default().read_only_by_default());
+    }
+
+    #[test]
+    fn serializable_default_is_read_from_the_settings() {
+        let startup = vec![
+            ("user".to_owned(), "app".to_owned()),
+            (
+                "options".to_owned(),
+                "-c default_transaction_isolation=SERIALIZABLE".to_owned(),
+            ),
+        ];
+        assert!(SessionSettings::from_startup(&startup).serializable_by_default());
+        let repeatable = SessionSettings::from_pairs(vec![(
+            "default_transaction_isolation".into(),
+            "repeatable read".into(),
+        )]);
+        assert!(!repeatable.serializable_by_default());
     }
 }
