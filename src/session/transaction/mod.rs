@@ -429,13 +429,18 @@ impl TransactionSession {
         } else {
             request::inspect
         };
-        let request = inspect(
-            &self.state.client_in,
-            limit,
-            &self.state.statements,
-            functions,
-            &self.shared.learned_writes,
-        );
+        let request = if self.routes_by_statement() {
+            inspect(
+                &self.state.client_in,
+                limit,
+                &self.state.statements,
+                functions,
+                &self.shared.learned_writes,
+            )
+        } else {
+            // Its class would not change where it goes: not worth a lexer pass.
+            request::inspect_unrouted(&self.state.client_in, limit, &self.state.statements)
+        };
         let read = !std::mem::take(&mut self.force_primary)
             && (request.read || self.settings.read_only_by_default())
             && !self.settings.serializable_by_default()

@@ -40,7 +40,7 @@ pub fn inspect(
     functions: &WriteFunctions,
     learned: &LearnedWrites,
 ) -> Request {
-    inspect_from(buf, limit, statements, functions, learned, false)
+    inspect_from(buf, limit, statements, Some((functions, learned)), false)
 }
 
 /// [`inspect`] for the first request of a transaction whose bare BEGIN the
@@ -53,17 +53,28 @@ pub fn inspect_opened(
     functions: &WriteFunctions,
     learned: &LearnedWrites,
 ) -> Request {
-    inspect_from(buf, limit, statements, functions, learned, true)
+    inspect_from(buf, limit, statements, Some((functions, learned)), true)
 }
 
+/// [`inspect`] for a session whose requests go where its route says
+/// whatever they contain (routing off, or a fixed route): the request's
+/// extent and whether it may be re-run, with no classification (which the
+/// router would ignore); `read` is false.
+pub fn inspect_unrouted(buf: &[u8], limit: usize, statements: &ClientStatements) -> Request {
+    inspect_from(buf, limit, statements, None, false)
+}
+
+/// `classifier`: what makes a statement a write; `None` skips classifying.
 fn inspect_from(
     buf: &[u8],
     limit: usize,
     statements: &ClientStatements,
-    functions: &WriteFunctions,
-    learned: &LearnedWrites,
+    classifier: Option<(&WriteFunctions, &LearnedWrites)>,
     mut opened: bool,
 ) -> Request {
+    let is_read = |sql: &[u8], opened: bool| {
+        classifier.is_some_and(|(functions, learned)| is_read(sql, functions, learned, opened))
+    };
     let mut request = Request {
         read: true,
         replayable: true,
@@ -85,7 +96,7 @@ fn inspect_from(
         match tag {
             b'Q' => {
                 let sql = body.strip_suffix(b"\0").unwrap_or(body);
-                request.read = is_read(sql, functions, learned, opened);
+                request.read = is_read(sql, opened);
                 request.text = Some((start, start + sql.len()));
                 request.len = pos;
                 return request;
@@ -94,7 +105,7 @@ fn inspect_from(
                 let Ok(parse) = statements::read_parse(body) else {
                     return Request::UNSURE;
                 };
-                let read = is_read(parse.query, functions, learned, opened);
+                let read = is_read(parse.query, opened);
                 opened = false;
                 // Even a prepare-only request of a write goes to the
                 // primary: its Parse may need a table a replica has yet
@@ -121,9 +132,9 @@ fn inspect_from(
                         // Bound without a Parse first: a held BEGIN's
                         // transaction is read-only only if this statement
                         // says so, which its cached class cannot tell.
-                        _ if opened => statements.get(bind.statement).map(|s| {
-                            is_read(definition_text(&s.definition), functions, learned, true)
-                        }),
+                        _ if opened => statements
+                            .get(bind.statement)
+                            .map(|s| is_read(definition_text(&s.definition), true)),
                         _ => statements.get(bind.statement).map(|s| s.read),
                     }
                 };
@@ -223,6 +234,24 @@ mod tests {
         let named = look(&extended("s1", "SELECT 1"));
         assert!(named.read && !named.replayable);
         assert!(!look(&extended("", "SELECT nextval('s')")).read);
+    }
+
+    #[test]
+    fn unrouted_requests_are_measured_but_not_classified() {
+        let known = ClientStatements::default();
+        for buf in [
+            query("SELECT 1"),
+            extended("", "SELECT 1"),
+            extended("s1", "SELECT 1"),
+        ] {
+            let routed = look(&buf);
+            let unrouted = inspect_unrouted(&buf, 1 << 20, &known);
+            assert!(!unrouted.read);
+            assert_eq!(
+                (unrouted.len, unrouted.replayable, unrouted.text),
+                (routed.len, routed.replayable, routed.text)
+            );
+        }
     }
 
     #[test]
