@@ -1,9 +1,12 @@
 //! The read/write classifier on typical statements: the router runs it for
 //! every simple Query and every Parse, so it must cost nearly nothing
-//! (target: ≤ 200 ns per typical statement).
+//! (target: ≤ 200 ns per typical statement). `classify` is a first
+//! sight of a text (a lexer pass); `classify_remembered` is what the router
+//! pays for a text it has seen before on this thread.
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use switchyard::router::access::{WriteFunctions, classify, hint};
+use switchyard::router::memo;
 
 const STATEMENTS: &[(&str, &str)] = &[
     (
@@ -44,6 +47,17 @@ fn classifier(c: &mut Criterion) {
             b.iter(|| {
                 let sql = black_box(sql.as_bytes());
                 (hint(sql), classify(sql, &functions))
+            })
+        });
+    }
+    group.finish();
+    // What the router runs: the same texts again, remembered per thread.
+    let mut group = c.benchmark_group("classify_remembered");
+    for (name, sql) in STATEMENTS {
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let sql = black_box(sql.as_bytes());
+                (hint(sql), memo::classify(sql, &functions, false))
             })
         });
     }

@@ -62,6 +62,9 @@ pub struct WriteFunctions {
     lengths: u64,
     /// Bit b set: some name or prefix starts with byte b (lower case).
     first_bytes: [u64; 4],
+    /// Unique per list built, so that classes remembered under one list
+    /// (see [`super::memo`]) are not taken for another's.
+    generation: u64,
 }
 
 impl Default for WriteFunctions {
@@ -98,12 +101,19 @@ impl WriteFunctions {
                 None => first_bytes = [u64::MAX; 4],
             }
         }
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
             exact,
             prefixes,
             lengths,
             first_bytes,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Identifies this list among all built in the process (clones share it).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// True when a call of `name` (as written, unquoted or quoted content) writes.

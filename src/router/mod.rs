@@ -10,6 +10,7 @@
 //!   transaction (session parameters, pins, releases), for transaction
 //!   pooling.
 //! - [`access`]: read or write, and routing hints.
+//! - [`memo`]: the classes of recently seen texts, per worker thread.
 //! - [`control`]: bare BEGIN / COMMIT / ROLLBACK, which the proxy may answer.
 //! - [`target`]: which node serves a transaction.
 
@@ -20,6 +21,7 @@ pub mod effects;
 mod flags;
 mod keyword;
 pub mod lexer;
+pub mod memo;
 pub mod target;
 
 pub use effects::{

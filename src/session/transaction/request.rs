@@ -154,13 +154,7 @@ fn inspect_from(
 }
 
 fn is_read(sql: &[u8], functions: &WriteFunctions, learned: &LearnedWrites, opened: bool) -> bool {
-    let class = |sql| {
-        if opened {
-            access::classify_opened(sql, functions)
-        } else {
-            access::classify(sql, functions)
-        }
-    };
+    let class = |sql| crate::router::memo::classify(sql, functions, opened);
     match access::hint(sql) {
         Some(Hint::Primary) => false,
         Some(Hint::Replica) => true,

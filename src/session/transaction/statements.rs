@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::BodyReader;
-use crate::router::access::{self, Access, WriteFunctions};
+use crate::router::access::{Access, WriteFunctions};
 use crate::router::effects::session_effects_bytes;
 
 /// One statement the client prepared.
@@ -39,7 +39,7 @@ impl ClientStatement {
             definition: Bytes::copy_from_slice(parse.definition),
             pins: !effects.pins.is_empty(),
             sets_session_state: effects.sets_session_state,
-            read: access::classify(parse.query, functions) == Access::Read,
+            read: crate::router::memo::classify(parse.query, functions, false) == Access::Read,
         }
     }
 }
