@@ -20,6 +20,9 @@
 #                   built with `cargo build --release` when missing)
 #   KEEP_TMP=1      keep the temporary directory (pgbench/pgbouncer/demo logs)
 #   MODE            session (default) or transaction: both proxies' pool mode
+#   ROUNDS          select-only runs of switchyard and PgBouncer, alternating
+#                   (default 1); with more than one, a mean row per proxy
+#                   follows (one run on this 2-core box varies by ±10 %)
 #   POOL            server connections per pool in transaction mode (default 10)
 #   SWITCHYARD_SERVER_WORKER_THREADS  switchyard's worker threads (default:
 #                   one per core); any SWITCHYARD_* variable reaches the demo
@@ -29,6 +32,7 @@ DURATION=${1:-20}
 CLIENTS=${2:-16}
 MODE=${MODE:-session}
 POOL=${POOL:-10}
+ROUNDS=${ROUNDS:-1}
 if [[ $MODE != session && $MODE != transaction ]]; then
     echo "error: MODE must be session or transaction" >&2
     exit 2
@@ -43,6 +47,10 @@ if ! [[ $DURATION =~ ^[1-9][0-9]*$ && $CLIENTS =~ ^[1-9][0-9]*$ ]]; then
 fi
 if (( CLIENTS < THREADS )); then
     THREADS=$CLIENTS
+fi
+if ! [[ $ROUNDS =~ ^[1-9][0-9]?$ ]]; then
+    echo "error: ROUNDS must be 1 to 99" >&2
+    exit 2
 fi
 if (( DURATION > 120 || CLIENTS > 150 )); then
     echo "error: DURATION at most 120 s and CLIENTS at most 150 (the demo's max_connections is 200)" >&2
@@ -328,6 +336,8 @@ measure() {
     user_ticks=$(( ${after% *} - ${before% *} ))
     system_ticks=$(( ${after#* } - ${before#* } ))
     local out=$TMP/pgbench-$name.out tps tx
+    local row_label=$target
+    if [[ -n ${ROUND:-} ]]; then row_label="$target (round $ROUND)"; fi
     tps=$(awk '/^tps = / { print $3; exit }' "$out")
     tx=$(awk -F': ' '/number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
     if [[ -z $tps || -z $tx ]]; then
@@ -336,9 +346,9 @@ measure() {
         return 1
     fi
     if [[ -z $pid ]]; then
-        printf '| %s | %.0f | %s | – | – | – |\n' "$target" "$tps" "$tx"
+        printf '| %s | %.0f | %s | – | – | – |\n' "$row_label" "$tps" "$tx"
     else
-        awk -v t="$target" -v tps="$tps" -v tx="$tx" -v u="$user_ticks" -v s="$system_ticks" -v hz="$CLK_TCK" \
+        awk -v t="$row_label" -v tps="$tps" -v tx="$tx" -v u="$user_ticks" -v s="$system_ticks" -v hz="$CLK_TCK" \
             'BEGIN { cpu = (u + s) / hz; printf "| %s | %.0f | %d | %.2f | %.0f %% | %.4f |\n", t, tps, tx, cpu, u * 100 / (u + s), cpu * 1000 / tx }'
     fi
 }
@@ -356,6 +366,31 @@ table() {
     echo
 }
 
+# rounds SCRIPT_LABEL TITLE [pgbench args...]: ROUNDS alternating runs of
+# both proxies, then each one's mean TPS and CPU-s per 1000 tx.
+rounds() {
+    local label=$1 title=$2 rows
+    shift 2
+    echo "## $title, $ROUNDS alternating rounds"
+    echo
+    echo "| target | TPS | transactions | proxy CPU-s | of which user | CPU-s per 1000 tx |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    rows=$TMP/rounds.md
+    : >"$rows"
+    for (( ROUND = 1; ROUND <= ROUNDS; ROUND++ )); do
+        measure "$label" switchyard "$SY_PORT" "$DEMO_PID" "$@" | tee -a "$rows"
+        measure "$label" pgbouncer "$PGB_PORT" "$PGB_PID" "$@" | tee -a "$rows"
+    done
+    unset ROUND
+    echo
+    awk -F'|' '{ split($2, name, " "); t = name[1]; n[t]++; tps[t] += $3; cpu[t] += $7 }
+        END { for (t in n) printf "- %s: mean TPS %.0f, mean CPU-s per 1000 tx %.4f over %d rounds\n", t, tps[t] / n[t], cpu[t] / n[t], n[t] }' "$rows" | sort
+    echo
+}
+
+if (( ROUNDS > 1 )); then
+    rounds select-only "Select-only (pgbench -S -c $CLIENTS -j $THREADS -T $DURATION -n)" -S
+fi
 table select-only "Select-only (pgbench -S -c $CLIENTS -j $THREADS -T $DURATION -n)" -S
 table tpcb "TPC-B-like (pgbench -c $CLIENTS -j $THREADS -T $DURATION -n)"
 
