@@ -119,6 +119,20 @@ pub(crate) fn encode_frame(tag: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Appends [`encode_frame`]`(tag, body)` to `out`, for unit tests.
+#[cfg(test)]
+pub(crate) fn push_frame(out: &mut bytes::BytesMut, tag: u8, body: &[u8]) {
+    out.extend_from_slice(&encode_frame(tag, body));
+}
+
+/// A simple Query frame of `sql`, for unit tests.
+#[cfg(test)]
+pub(crate) fn query_frame(sql: &str) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    push_frame(&mut out, b'Q', format!("{sql}\0").as_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

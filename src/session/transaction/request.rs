@@ -177,15 +177,7 @@ mod tests {
 
     use super::*;
 
-    fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
-        out.extend_from_slice(&crate::protocol::frame::encode_frame(tag, body));
-    }
-
-    fn query(sql: &str) -> BytesMut {
-        let mut out = BytesMut::new();
-        frame(&mut out, b'Q', format!("{sql}\0").as_bytes());
-        out
-    }
+    use crate::protocol::frame::{push_frame as frame, query_frame as query};
 
     fn extended(name: &str, sql: &str) -> BytesMut {
         let mut out = BytesMut::new();
