@@ -10,7 +10,7 @@ use switchyard::protocol::scanner::HEAD_LEN;
 use switchyard::protocol::{FrameScanner, read_frame, read_startup_packet};
 use switchyard::router::access::{self, WriteFunctions};
 use switchyard::router::effects::session_effects_bytes;
-use switchyard::session::transaction::request::inspect;
+use switchyard::session::transaction::request::{Classifier, inspect};
 use switchyard::session::transaction::statements::{
     self, ClientStatement, ClientStatements, read_bind, read_parse, read_target,
 };
@@ -71,8 +71,13 @@ proptest! {
         let _ = access::hint(&data);
         let _ = access::route_setting(&data);
         let _ = session_effects_bytes(&data);
-        let request = inspect(&data, LIMIT, &known, &functions, &LearnedWrites::default());
-        prop_assert!(request.len <= data.len());
+        let learned = LearnedWrites::default();
+        for opened in [false, true] {
+            let classifier = Classifier { functions: &functions, learned: &learned, opened };
+            let request = inspect(&data, LIMIT, &known, Some(classifier));
+            prop_assert!(request.len <= data.len());
+        }
+        prop_assert!(inspect(&data, LIMIT, &known, None).len <= data.len());
         let _ = CertificateNames::from_der(&data);
     }
 

@@ -15,7 +15,7 @@ use switchyard::protocol::messages::error_code;
 use switchyard::protocol::{FrameScanner, read_frame, read_startup_packet};
 use switchyard::router::access::{self, WriteFunctions};
 use switchyard::router::effects::session_effects_bytes;
-use switchyard::session::transaction::request::inspect;
+use switchyard::session::transaction::request::{Classifier, inspect};
 use switchyard::session::transaction::statements::{
     self, ClientStatement, ClientStatements, read_bind, read_parse, read_target,
 };
@@ -48,8 +48,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = access::hint(data);
     let _ = access::route_setting(data);
     let _ = session_effects_bytes(data);
-    let request = inspect(data, 1 << 16, known, functions, learned);
-    assert!(request.len <= data.len());
+    for opened in [false, true] {
+        let classifier = Classifier {
+            functions,
+            learned,
+            opened,
+        };
+        let request = inspect(data, 1 << 16, known, Some(classifier));
+        assert!(request.len <= data.len());
+    }
     let _ = CertificateNames::from_der(data);
 
     let mut startup = BytesMut::from(data);

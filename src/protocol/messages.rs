@@ -98,6 +98,17 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), buf);
 }
 
+/// ParseComplete, whole (no body).
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// BindComplete, whole.
+pub const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
+/// CloseComplete, whole.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+/// NoData, whole.
+pub const NO_DATA: &[u8] = b"n\0\0\0\x04";
+/// Terminate (frontend), whole.
+pub const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
 /// ReadyForQuery with status idle.
 pub fn ready_for_query_idle(buf: &mut BytesMut) {
     encode(&ReadyForQuery::new(TransactionStatus::Idle), buf);

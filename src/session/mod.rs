@@ -481,7 +481,10 @@ async fn finish(
         let _ = client.write_all(&message).await;
     }
     if !busy {
-        let _ = server.stream.write_all(b"X\0\0\0\x04").await;
+        let _ = server
+            .stream
+            .write_all(crate::protocol::messages::TERMINATE)
+            .await;
     }
     let _ = client.shutdown().await;
 }

@@ -132,7 +132,10 @@ impl Passthrough {
             .await
             .map_err(|_| "auth query timed out".to_owned())
             .flatten();
-        let _ = conn.stream.write_all(b"X\0\0\0\x04").await;
+        let _ = conn
+            .stream
+            .write_all(crate::protocol::messages::TERMINATE)
+            .await;
         result
     }
 

@@ -249,11 +249,7 @@ pub fn in_failed_transaction() -> bytes::Bytes {
     .freeze()
 }
 
-const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
-const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
-const NO_DATA: &[u8] = b"n\0\0\0\x04";
-
-use crate::protocol::messages::ready_for_query;
+use crate::protocol::messages::{BIND_COMPLETE, NO_DATA, PARSE_COMPLETE, ready_for_query};
 
 #[cfg(test)]
 mod tests {

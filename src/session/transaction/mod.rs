@@ -424,23 +424,19 @@ impl TransactionSession {
             return self.flush().await;
         }
         let limit = self.proxy.config.server.max_message_size;
-        let inspect = if self.begin_held {
-            request::inspect_opened
-        } else {
-            request::inspect
-        };
-        let request = if self.routes_by_statement() {
-            inspect(
-                &self.state.client_in,
-                limit,
-                &self.state.statements,
-                functions,
-                &self.shared.learned_writes,
-            )
-        } else {
-            // Its class would not change where it goes: not worth a lexer pass.
-            request::inspect_unrouted(&self.state.client_in, limit, &self.state.statements)
-        };
+        // Unless it routes by statement, the class would not change where
+        // the request goes: not worth a lexer pass.
+        let classifier = self.routes_by_statement().then(|| request::Classifier {
+            functions,
+            learned: &self.shared.learned_writes,
+            opened: self.begin_held,
+        });
+        let request = request::inspect(
+            &self.state.client_in,
+            limit,
+            &self.state.statements,
+            classifier,
+        );
         let read = !std::mem::take(&mut self.force_primary)
             && (request.read || self.settings.read_only_by_default())
             && !self.settings.serializable_by_default()

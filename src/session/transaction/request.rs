@@ -31,49 +31,33 @@ impl Request {
     };
 }
 
+/// How to classify a request's statements.
+#[derive(Clone, Copy)]
+pub struct Classifier<'a> {
+    /// Functions that make a call a write.
+    pub functions: &'a WriteFunctions,
+    /// Statements replicas refused as writing.
+    pub learned: &'a LearnedWrites,
+    /// The request is the first of a transaction whose bare BEGIN the
+    /// proxy holds: it reads only if its first statement is `SET
+    /// TRANSACTION READ ONLY` (see [`access::classify_opened`]).
+    pub opened: bool,
+}
+
 /// Inspects the request at the front of `buf`. Anything unexpected or
-/// incomplete makes it a write: unsure means primary.
+/// incomplete makes it a write: unsure means primary. Without a
+/// `classifier` (a session whose route does not depend on what it sends:
+/// routing off, or a fixed route) only its extent and whether it may be
+/// re-run are read, and `read` is false.
 pub fn inspect(
     buf: &[u8],
     limit: usize,
     statements: &ClientStatements,
-    functions: &WriteFunctions,
-    learned: &LearnedWrites,
+    classifier: Option<Classifier<'_>>,
 ) -> Request {
-    inspect_from(buf, limit, statements, Some((functions, learned)), false)
-}
-
-/// [`inspect`] for the first request of a transaction whose bare BEGIN the
-/// proxy holds: it reads only if its first statement is `SET TRANSACTION
-/// READ ONLY` (see [`access::classify_opened`]).
-pub fn inspect_opened(
-    buf: &[u8],
-    limit: usize,
-    statements: &ClientStatements,
-    functions: &WriteFunctions,
-    learned: &LearnedWrites,
-) -> Request {
-    inspect_from(buf, limit, statements, Some((functions, learned)), true)
-}
-
-/// [`inspect`] for a session whose requests go where its route says
-/// whatever they contain (routing off, or a fixed route): the request's
-/// extent and whether it may be re-run, with no classification (which the
-/// router would ignore); `read` is false.
-pub fn inspect_unrouted(buf: &[u8], limit: usize, statements: &ClientStatements) -> Request {
-    inspect_from(buf, limit, statements, None, false)
-}
-
-/// `classifier`: what makes a statement a write; `None` skips classifying.
-fn inspect_from(
-    buf: &[u8],
-    limit: usize,
-    statements: &ClientStatements,
-    classifier: Option<(&WriteFunctions, &LearnedWrites)>,
-    mut opened: bool,
-) -> Request {
+    let mut opened = classifier.is_some_and(|c| c.opened);
     let is_read = |sql: &[u8], opened: bool| {
-        classifier.is_some_and(|(functions, learned)| is_read(sql, functions, learned, opened))
+        classifier.is_some_and(|c| is_read(sql, c.functions, c.learned, opened))
     };
     let mut request = Request {
         read: true,
@@ -188,13 +172,25 @@ mod tests {
         out
     }
 
+    fn classified<'a>(
+        functions: &'a WriteFunctions,
+        learned: &'a LearnedWrites,
+        opened: bool,
+    ) -> Option<Classifier<'a>> {
+        Some(Classifier {
+            functions,
+            learned,
+            opened,
+        })
+    }
+
     fn look(buf: &[u8]) -> Request {
+        let (functions, learned) = (WriteFunctions::default(), LearnedWrites::default());
         inspect(
             buf,
             1 << 20,
             &ClientStatements::default(),
-            &WriteFunctions::default(),
-            &LearnedWrites::default(),
+            classified(&functions, &learned, false),
         )
     }
 
@@ -231,7 +227,7 @@ mod tests {
             extended("s1", "SELECT 1"),
         ] {
             let routed = look(&buf);
-            let unrouted = inspect_unrouted(&buf, 1 << 20, &known);
+            let unrouted = inspect(&buf, 1 << 20, &known, None);
             assert!(!unrouted.read);
             assert_eq!(
                 (unrouted.len, unrouted.replayable, unrouted.text),
@@ -252,14 +248,9 @@ mod tests {
 
     #[test]
     fn after_a_held_begin_the_first_statement_must_declare_read_only() {
+        let (functions, learned) = (WriteFunctions::default(), LearnedWrites::default());
         let opened = |buf: &[u8], known: &ClientStatements| {
-            inspect_opened(
-                buf,
-                1 << 20,
-                known,
-                &WriteFunctions::default(),
-                &LearnedWrites::default(),
-            )
+            inspect(buf, 1 << 20, known, classified(&functions, &learned, true))
         };
         let known = ClientStatements::default();
         assert!(opened(&query("SET TRANSACTION READ ONLY"), &known).read);
@@ -295,12 +286,12 @@ mod tests {
         let learned = LearnedWrites::default();
         learned.insert(b"SELECT f()");
         let buf = query("SELECT f()");
+        let functions = WriteFunctions::default();
         let request = inspect(
             &buf,
             1 << 20,
             &ClientStatements::default(),
-            &WriteFunctions::default(),
-            &learned,
+            classified(&functions, &learned, false),
         );
         assert!(!request.read);
     }

@@ -23,8 +23,8 @@ impl Synthetic {
     /// The message's bytes.
     pub fn bytes(self) -> &'static [u8] {
         match self {
-            Self::ParseComplete => b"1\0\0\0\x04",
-            Self::CloseComplete => b"3\0\0\0\x04",
+            Self::ParseComplete => crate::protocol::messages::PARSE_COMPLETE,
+            Self::CloseComplete => crate::protocol::messages::CLOSE_COMPLETE,
         }
     }
 }
