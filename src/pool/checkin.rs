@@ -1,6 +1,7 @@
 //! Taking connections back: to the idle stack, or closed.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::Pool;
 use super::health::{self, HealthError};
@@ -13,7 +14,9 @@ impl Pool {
     /// unless it has reached `max_lifetime` or holds unread server bytes.
     pub(super) fn checkin_connection(&self, conn: ServerConnection) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        if self.outlived(conn.created) {
+        // One clock read for the lifetime check and the idle stamp.
+        let now = Instant::now();
+        if self.outlived(conn.created, now) {
             self.close(conn, CloseReason::Lifetime);
         } else if self.node.over_budget() {
             // The budget share shrank (a peer joined): close down to it.
@@ -24,7 +27,7 @@ impl Pool {
             let unread = HealthError::UnexpectedData(conn.pending.len());
             self.close(conn, CloseReason::Broken(unread));
         } else {
-            self.idle.push(conn);
+            self.idle.push(conn, now);
             // A checkout of this pool waiting on the node's budget can
             // take this connection instead of opening one.
             self.node.wake();

@@ -119,11 +119,18 @@ impl Pool {
     }
 
     async fn validate(&self, idle: &mut IdleConnection) -> Result<(), CloseReason> {
-        if self.outlived(idle.conn.created) {
+        // One clock read and one settings load for both checks (copied out:
+        // the ping below awaits).
+        let now = Instant::now();
+        let (max_lifetime, health_check_after) = {
+            let settings = self.settings.load();
+            (settings.max_lifetime, settings.health_check_after)
+        };
+        if self.outlived_with(idle.conn.created, now, max_lifetime) {
             return Err(CloseReason::Lifetime);
         }
         health::check_alive(&idle.conn).map_err(CloseReason::Broken)?;
-        if idle.since.elapsed() >= self.settings.load().health_check_after {
+        if now.saturating_duration_since(idle.since) >= health_check_after {
             health::ping(&mut idle.conn, PING_TIMEOUT)
                 .await
                 .map_err(CloseReason::Broken)?;

@@ -29,12 +29,9 @@ pub(super) struct IdleList {
 }
 
 impl IdleList {
-    /// Puts `conn` on top, idle from now.
-    pub fn push(&self, conn: ServerConnection) {
-        let idle = IdleConnection {
-            conn,
-            since: Instant::now(),
-        };
+    /// Puts `conn` on top, idle since `now`.
+    pub fn push(&self, conn: ServerConnection, now: Instant) {
+        let idle = IdleConnection { conn, since: now };
         self.lock().push(idle);
     }
 

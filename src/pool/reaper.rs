@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use tokio::time::MissedTickBehavior;
 
@@ -111,7 +112,7 @@ impl Pool {
             match self.connect().await {
                 Ok(conn) => {
                     slot.keep();
-                    self.idle.push(conn);
+                    self.idle.push(conn, Instant::now());
                 }
                 Err(error) => {
                     tracing::warn!(pool = %self.key, %error, "could not open a min_size connection");

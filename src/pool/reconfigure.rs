@@ -2,7 +2,7 @@
 //! RECONNECT (retire every connection opened so far).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::lifecycle::CloseReason;
 use super::{Pool, PoolSettings};
@@ -53,10 +53,20 @@ impl Pool {
         }
     }
 
-    /// True when a connection opened at `created` must not be reused: it
-    /// reached `max_lifetime`, or was opened before a RECONNECT.
-    pub(super) fn outlived(&self, created: Instant) -> bool {
-        if created.elapsed() >= self.settings.load().max_lifetime {
+    /// True when a connection opened at `created` must not be reused at
+    /// `now`: it reached `max_lifetime`, or was opened before a RECONNECT.
+    pub(super) fn outlived(&self, created: Instant, now: Instant) -> bool {
+        self.outlived_with(created, now, self.settings.load().max_lifetime)
+    }
+
+    /// [`Self::outlived`] with the pool's `max_lifetime` already at hand.
+    pub(super) fn outlived_with(
+        &self,
+        created: Instant,
+        now: Instant,
+        max_lifetime: Duration,
+    ) -> bool {
+        if now.saturating_duration_since(created) >= max_lifetime {
             return true;
         }
         matches!(**self.retire_before.load(), Some(before) if created < before)
@@ -99,9 +109,9 @@ mod tests {
             PoolSettings::default(),
         );
         let before = Instant::now();
-        assert!(!pool.outlived(before));
+        assert!(!pool.outlived(before, Instant::now()));
         pool.reconnect();
-        assert!(pool.outlived(before));
-        assert!(!pool.outlived(Instant::now()));
+        assert!(pool.outlived(before, Instant::now()));
+        assert!(!pool.outlived(Instant::now(), Instant::now()));
     }
 }

@@ -10,7 +10,8 @@
 //!   transaction (session parameters, pins, releases), for transaction
 //!   pooling.
 //! - [`access`]: read or write, and routing hints.
-//! - [`memo`]: the classes of recently seen texts, per worker thread.
+//! - [`memo`]: the classes and session effects of recently seen texts, per
+//!   worker thread.
 //! - [`control`]: bare BEGIN / COMMIT / ROLLBACK, which the proxy may answer.
 //! - [`target`]: which node serves a transaction.
 

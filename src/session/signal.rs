@@ -7,7 +7,8 @@
 //! once per message (1.2 % of the proxy's CPU under `pgbench -S` in one
 //! `perf` profile). [`Signal`] polls the token's future only on its first
 //! poll and after that future's waker fired; any other poll is an atomic
-//! swap and a waker registration.
+//! load and a pointer compare, since the waker registered last time (a
+//! task's waker does not change) is still in place until it fires.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub struct Signal {
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     wakeup: Arc<Wakeup>,
+    /// The waker last registered in `wakeup.task`; registration (two
+    /// atomic read-modify-writes) is skipped while it would wake the same
+    /// task and has not fired.
+    registered: Option<Waker>,
     done: bool,
 }
 
@@ -53,6 +58,7 @@ impl Signal {
                 fired: AtomicBool::new(true),
                 task: AtomicWaker::new(),
             }),
+            registered: None,
             done: false,
         }
     }
@@ -65,10 +71,21 @@ impl Future for Signal {
         if self.done {
             return Poll::Ready(());
         }
-        // Registered before `fired` is read, so a wake-up in between is
-        // not lost.
-        self.wakeup.task.register(cx.waker());
-        if !self.wakeup.fired.swap(false, Ordering::AcqRel) {
+        // A waker still in place wakes this task when the token fires. It
+        // is taken out only by a wake-up, which sets `fired` first: seen
+        // here, the waker is registered again before `fired` is cleared.
+        let fired = self.wakeup.fired.load(Ordering::Acquire);
+        let in_place = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if fired || !in_place {
+            // Registered before `fired` is cleared, so a wake-up in between
+            // is not lost.
+            self.wakeup.task.register(cx.waker());
+            self.registered = Some(cx.waker().clone());
+        }
+        if !fired || !self.wakeup.fired.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
         let waker = Waker::from(Arc::clone(&self.wakeup));

@@ -607,15 +607,18 @@ impl TransactionSession {
     /// error (no primary within the failover timeout).
     async fn route(&mut self, read: bool, request: &Request) -> Option<Routed> {
         let routing = &self.proxy.config.routing;
-        let mut snapshot = self.shared.topology.snapshot();
+        // A guard, not an owned Arc: no reference count to touch per
+        // request. Not held across the wait below.
+        let mut snapshot = self.shared.topology.load();
         let mut target = self.policy.choose(&snapshot, read);
         if target == Target::AwaitPrimary {
+            drop(snapshot);
             // Counted as held (gauge and total) while it waits.
             let shared = Arc::clone(&self.shared);
             let _held = shared.metrics.hold_request();
             match wait_for_primary(&self.shared.topology, routing.failover_timeout).await {
                 Ok(_) => {
-                    snapshot = self.shared.topology.snapshot();
+                    snapshot = self.shared.topology.load();
                     target = self.policy.choose(&snapshot, read);
                 }
                 Err(error) => {

@@ -25,7 +25,8 @@ use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::{HEADER_LEN, check_length};
 use crate::router::access::WriteFunctions;
-use crate::router::effects::{SessionEffects, UnpinKind, session_effects_bytes};
+use crate::router::effects::{SessionEffects, UnpinKind};
+use crate::router::memo;
 use crate::tls::ClientStream;
 
 /// Output beyond this stops reading the input that feeds it.
@@ -386,7 +387,7 @@ impl Stretch<'_> {
         let expect = match tag {
             b'Q' => {
                 let sql = body.strip_suffix(b"\0").unwrap_or(body);
-                self.note_effects(&session_effects_bytes(sql));
+                self.note_effects(&memo::session_effects(sql));
                 Some(Expect::Ready)
             }
             b'P' => return self.client_parse(frame),
@@ -424,7 +425,7 @@ impl Stretch<'_> {
     fn client_parse(&mut self, frame: &[u8]) -> Result<(), ProtocolError> {
         let parse = statements::read_parse(&frame[HEADER_LEN..])?;
         if parse.name.is_empty() {
-            self.note_effects(&session_effects_bytes(parse.query));
+            self.note_effects(&memo::session_effects(parse.query));
             self.to_server.extend_from_slice(frame);
             self.state.tracker.push(Expect::Parse(0));
             return Ok(());
@@ -473,7 +474,7 @@ impl Stretch<'_> {
                 .map(|s| s.definition.clone());
             if let Some(definition) = query {
                 let text = definition.split(|&b| b == 0).next().unwrap_or_default();
-                self.note_effects(&session_effects_bytes(text));
+                self.note_effects(&memo::session_effects(text));
             }
         }
         Some(internal)

@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::protocol::ProtocolError;
 use crate::protocol::frame::BodyReader;
 use crate::router::access::{Access, WriteFunctions};
-use crate::router::effects::session_effects_bytes;
+use crate::router::memo;
 
 /// One statement the client prepared.
 #[derive(Debug, Clone)]
@@ -33,13 +33,13 @@ pub struct ClientStatement {
 impl ClientStatement {
     /// The statement a client's Parse defines, classified once.
     pub fn from_parse(parse: &ParseMessage<'_>, functions: &WriteFunctions) -> Self {
-        let effects = session_effects_bytes(parse.query);
+        let effects = memo::session_effects(parse.query);
         Self {
             internal: definition_hash(parse.definition),
             definition: Bytes::copy_from_slice(parse.definition),
             pins: !effects.pins.is_empty(),
             sets_session_state: effects.sets_session_state,
-            read: crate::router::memo::classify(parse.query, functions, false) == Access::Read,
+            read: memo::classify(parse.query, functions, false) == Access::Read,
         }
     }
 }
