@@ -256,7 +256,66 @@ pub fn session_effects_bytes(sql: &[u8]) -> SessionEffects {
 /// [`session_effects_bytes`] with explicit lexer options (for a session
 /// running with `standard_conforming_strings = off`).
 pub fn session_effects_with(sql: &[u8], options: LexOptions) -> SessionEffects {
+    if plainly_without_effects(sql) {
+        return SessionEffects::NONE;
+    }
     statement_effects(sql, options).fold(SessionEffects::NONE, SessionEffects::merge)
+}
+
+/// Statement kinds that leave nothing behind by themselves: only a
+/// function they call or a `SELECT … INTO TEMP` could.
+const PLAIN_FIRST_WORDS: [&[u8]; 7] = [
+    b"select", b"insert", b"update", b"delete", b"with", b"values", b"table",
+];
+
+/// Words that every function or temp-table rule needs somewhere in the text
+/// (`pg_advisory_*`, `set_config`, `pg_temp`, `TEMP`/`TEMPORARY`), in any case.
+const TELLTALE_WORDS: [&[u8]; 3] = [b"temp", b"advisory", b"set_config"];
+
+/// True when `sql` cannot have session effects, seen without the lexer: one
+/// statement (no `;` but trailing ones), starting with a plain statement
+/// word, with no quoted identifier (whose escapes could spell a name) and
+/// none of [`TELLTALE_WORDS`] anywhere. Most application queries are such,
+/// and each text is often new (literal values), so a memo cannot help:
+/// this pass costs a fraction of the lexer's. Anything else gets the lexer.
+pub(super) fn plainly_without_effects(sql: &[u8]) -> bool {
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    let rest = &sql[start..];
+    let word_len = rest
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let (word, after) = rest.split_at(word_len);
+    // A word glued to an identifier byte (`select_x`, `select$1`) is not
+    // the keyword.
+    if after
+        .first()
+        .is_some_and(|&b| b == b'_' || b == b'$' || b.is_ascii_digit() || b >= 0x80)
+        || !PLAIN_FIRST_WORDS
+            .iter()
+            .any(|plain| word.eq_ignore_ascii_case(plain))
+    {
+        return false;
+    }
+    if let Some(semicolon) = after.iter().position(|&b| b == b';')
+        && after[semicolon..]
+            .iter()
+            .any(|&b| b != b';' && !b.is_ascii_whitespace())
+    {
+        return false;
+    }
+    !after.iter().enumerate().any(|(i, &b)| {
+        b == b'"'
+            || matches!(b | 0x20, b't' | b'a' | b's')
+                && TELLTALE_WORDS.iter().any(|word| {
+                    after[i..]
+                        .get(..word.len())
+                        .is_some_and(|text| text.eq_ignore_ascii_case(word))
+                })
+    })
 }
 
 /// The effects of each non-empty statement of `sql`, in order, for a caller
@@ -580,6 +639,37 @@ mod tests {
 
     /// Rough cost per statement: `cargo test --release --lib router -- --ignored --nocapture`.
     #[test]
+    fn plain_statements_skip_the_lexer_and_anything_telling_does_not() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+            "  select 1",
+            "INSERT INTO t VALUES (1) RETURNING id;;  ",
+            "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
+            "UPDATE accounts SET balance = 0 WHERE id = $1",
+        ] {
+            assert!(plainly_without_effects(sql.as_bytes()), "{sql}");
+            assert_eq!(session_effects(sql), NONE, "{sql}");
+        }
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "select PG_TRY_ADVISORY_LOCK(1)",
+            "SELECT set_config('a', 'b', false)",
+            "SELECT * INTO TEMP t FROM u",
+            "SELECT 1 INTO pg_temp.t",
+            "SELECT 1; SET a = 1",
+            "SELECT \"x\" FROM t",
+            "/* c */ SELECT 1",
+            "(SELECT 1)",
+            "SET search_path = a",
+            "selectx 1",
+            "select_x(1)",
+            "",
+        ] {
+            assert!(!plainly_without_effects(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
     #[ignore]
     fn timing_per_statement() {
         let statements = [
@@ -618,6 +708,17 @@ mod tests {
             session_effects_bytes(&bytes);
             let legacy = LexOptions { standard_conforming_strings: false };
             session_effects_with(&bytes, legacy);
+        }
+
+        #[test]
+        fn the_plain_shortcut_agrees_with_the_lexer(
+            sql in r#"(SELECT |select |WITH |INSERT |DO |LISTEN |SET |CREATE |DECLARE |INTO |TEMP |temporary |pg_temp\.|pg_advisory_lock\(|PG_ADVISORY_UNLOCK_ALL\(|set_config\(|"set_config"\(|U&"|HOLD |FOR |[-$'"/*;()\\eEuU&_a-z0-9 \n.])*"#
+        ) {
+            let lexed = statement_effects(sql.as_bytes(), LexOptions::default())
+                .fold(NONE, SessionEffects::merge);
+            if plainly_without_effects(sql.as_bytes()) {
+                prop_assert_eq!(lexed, NONE, "{}", sql);
+            }
         }
 
         #[test]

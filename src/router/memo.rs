@@ -77,8 +77,13 @@ pub fn classify(sql: &[u8], functions: &WriteFunctions, opened: bool) -> Access 
     })
 }
 
-/// [`effects::session_effects_bytes`], remembered per thread by text.
+/// [`effects::session_effects_bytes`], remembered per thread by text
+/// unless the text is plainly without effects (such texts are often new
+/// each time, and that check costs less than a lookup).
 pub fn session_effects(sql: &[u8]) -> SessionEffects {
+    if effects::plainly_without_effects(sql) {
+        return SessionEffects::NONE;
+    }
     let compute = || effects::session_effects_bytes(sql);
     with_slot(sql, compute, |slot| {
         *slot.effects.get_or_insert_with(compute)
