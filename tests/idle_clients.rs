@@ -85,3 +85,67 @@ async fn five_thousand_idle_clients_fit_in_64_mib() {
         "{backends} server connections"
     );
 }
+
+/// Sends one simple Query and reads its answer up to ReadyForQuery.
+async fn simple_query(stream: &mut TcpStream, sql: &str) {
+    let mut frame = vec![b'Q'];
+    frame.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+    frame.extend_from_slice(sql.as_bytes());
+    frame.push(0);
+    stream.write_all(&frame).await.unwrap();
+    loop {
+        let (tag, body) = read_message(stream).await;
+        match tag {
+            b'Z' => return,
+            b'E' => panic!("query failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_pooled_connections_let_go_of_what_a_large_request_grew() {
+    let mut spec = support::spec();
+    spec.users.push(("bulk".into(), "bulk-secret".into()));
+    let cluster = switchyard::testcluster::LocalCluster::start(&spec).unwrap();
+    let config = format!(
+        "{}\n[[users]]\nname = \"bulk\"\npassword = \"bulk-secret\"\nauth = \"trust\"\n",
+        support::proxy_config(
+            &cluster,
+            "pool_mode = \"transaction\"\nworker_threads = 2\n\n[pool]\nmax_size = 4\nmin_size = 4"
+        )
+    );
+    let proxy = support::ProxyProcess::start(&config);
+    let mut warm = idle_client(proxy.addr).await;
+    simple_query(&mut warm, "SELECT 1").await;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = current_rss_kib(proxy.pid());
+    // Four clients at once, so all four pooled connections carry a request
+    // of 40 MB (above glibc's largest mmap threshold, so freed memory
+    // leaves the process and RSS shows it).
+    let big = format!("SELECT length('{}')", "x".repeat(40 << 20));
+    let clients = (0..4).map(|_| {
+        let big = big.clone();
+        let addr = proxy.addr;
+        async move {
+            let mut stream = idle_client(addr).await;
+            simple_query(&mut stream, &big).await;
+        }
+    });
+    futures_util::future::join_all(clients).await;
+    // The clients are gone; their pooled connections are idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak = proxy.peak_rss_kib();
+    let rss = current_rss_kib(proxy.pid());
+    eprintln!("proxy RSS {baseline} KiB before, peak {peak} KiB, {rss} KiB after");
+    assert!(
+        peak > baseline + 100 * 1024,
+        "the requests went through the proxy's buffers"
+    );
+    assert!(
+        rss < baseline + 40 * 1024,
+        "idle pooled connections hold {} KiB after the requests",
+        rss - baseline
+    );
+}

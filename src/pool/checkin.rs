@@ -12,7 +12,7 @@ use crate::backend::ServerConnection;
 impl Pool {
     /// A checked-out connection comes back idle: onto the idle stack,
     /// unless it has reached `max_lifetime` or holds unread server bytes.
-    pub(super) fn checkin_connection(&self, conn: ServerConnection) {
+    pub(super) fn checkin_connection(&self, mut conn: ServerConnection) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         // One clock read for the lifetime check and the idle stamp.
         let now = Instant::now();
@@ -27,6 +27,9 @@ impl Pool {
             let unread = HealthError::UnexpectedData(conn.pending.len());
             self.close(conn, CloseReason::Broken(unread));
         } else {
+            // A large result or request grew the buffers; idle, the
+            // connection keeps only the usual size.
+            conn.shed_large_buffers();
             self.idle.push(conn, now);
             // A checkout of this pool waiting on the node's budget can
             // take this connection instead of opening one.
