@@ -17,7 +17,7 @@ use super::secret::Secret;
 use crate::config::ServerTlsMode;
 use crate::protocol::frame::{BodyReader, HEADER_LEN};
 use crate::protocol::io::read_message;
-use crate::protocol::{Frame, ProtocolError};
+use crate::protocol::{Frame, ProtocolError, buffers};
 use crate::tls::{Connector, ServerStream};
 
 /// Largest message accepted from a server before it is logged in.
@@ -55,30 +55,12 @@ pub struct ServerConnection {
     pub settings_fingerprint: u64,
 }
 
-/// Largest buffer capacity an idle connection keeps: the relay's usual
-/// 16–32 KiB stay (no allocation per transaction), what one large message
-/// grew goes.
-const MAX_IDLE_BUFFER: usize = 64 * 1024;
-
 impl ServerConnection {
-    /// Frees the buffers that a large message grew beyond
-    /// [`MAX_IDLE_BUFFER`], so an idle connection does not hold them.
+    /// Frees the buffers that a large message grew (see
+    /// [`buffers::shed_if_large`]), so an idle connection does not hold them.
     pub fn shed_large_buffers(&mut self) {
-        shed_if_large(&mut self.pending);
-        shed_if_large(&mut self.outgoing);
-    }
-}
-
-/// Replaces an empty buffer whose allocation exceeds [`MAX_IDLE_BUFFER`]
-/// with an unallocated one (a buffer still holding bytes is left alone).
-///
-/// `capacity()` alone cannot tell: a buffer that was written and then
-/// consumed (`advance`) reports only the room after its consumed part.
-/// `try_reclaim` succeeds, without allocating, exactly when the allocation
-/// has room for that much once the consumed part is taken back.
-fn shed_if_large(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.try_reclaim(MAX_IDLE_BUFFER + 1) {
-        *buf = BytesMut::new();
+        buffers::shed_if_large(&mut self.pending);
+        buffers::shed_if_large(&mut self.outgoing);
     }
 }
 
@@ -385,30 +367,7 @@ fn reframe(frame: &Frame) -> Bytes {
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn only_empty_buffers_grown_past_the_limit_are_shed() {
-        let mut usual = BytesMut::with_capacity(32 * 1024);
-        shed_if_large(&mut usual);
-        assert!(usual.capacity() >= 32 * 1024, "the usual buffer is kept");
-        let mut grown = BytesMut::with_capacity(4 * MAX_IDLE_BUFFER);
-        shed_if_large(&mut grown);
-        assert_eq!(grown.capacity(), 0, "a grown, empty buffer is freed");
-        // Written and consumed: little room is left after the consumed
-        // part, but the allocation is as large.
-        let mut consumed = BytesMut::with_capacity(4 * MAX_IDLE_BUFFER);
-        consumed.extend_from_slice(&vec![0; 4 * MAX_IDLE_BUFFER - 100]);
-        consumed.advance(consumed.len());
-        assert!(consumed.capacity() < MAX_IDLE_BUFFER);
-        shed_if_large(&mut consumed);
-        assert_eq!(consumed.capacity(), 0, "a consumed large buffer is freed");
-        let mut holding = BytesMut::with_capacity(4 * MAX_IDLE_BUFFER);
-        holding.extend_from_slice(b"unread");
-        shed_if_large(&mut holding);
-        assert_eq!(&holding[..], b"unread", "bytes are never dropped");
-    }
-
     use super::*;
-    use bytes::Buf;
 
     #[test]
     fn host_is_the_address_without_port() {

@@ -5,6 +5,7 @@
 //! bytes actually present and against the configured maximum before anything
 //! is allocated, and incomplete input is `Ok(None)`, never an error.
 
+pub mod buffers;
 mod error;
 pub mod frame;
 pub mod io;

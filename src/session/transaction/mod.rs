@@ -28,6 +28,7 @@ use crate::backend::query::{self as internal, InternalError};
 use crate::config::{Consistency, Route};
 use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
+use crate::protocol::buffers;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
 use crate::router::target::{NoPrimary, Policy, Target, wait_for_primary};
@@ -879,6 +880,14 @@ impl TransactionSession {
                 Ok(None)
             ) {
                 return self.state.client_in[0] != b'X';
+            }
+            if self.state.client_in.is_empty() {
+                // Between transactions: the last request's copy is spent,
+                // and what a large request or answer grew is not kept.
+                self.state.replay.clear();
+                buffers::shed_if_large(&mut self.state.replay);
+                buffers::shed_if_large(&mut self.state.client_in);
+                buffers::shed_if_large(&mut self.state.to_client);
             }
             // Idle clients are the many: keep their buffer small until they speak.
             self.state.client_in.reserve(512);
