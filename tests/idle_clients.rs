@@ -5,6 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::raw::{read_message, startup_packet};
+use switchyard::testcluster::LocalCluster;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -26,6 +27,21 @@ async fn idle_client(addr: std::net::SocketAddr) -> TcpStream {
     }
 }
 
+/// A cluster with the trust user `bulk`, and a transaction-pooling proxy
+/// in front of it whose `[pool]` table holds `pool`.
+fn bulk_proxy(pool: &str) -> (LocalCluster, support::ProxyProcess) {
+    let mut spec = support::spec();
+    spec.users.push(("bulk".into(), "bulk-secret".into()));
+    let cluster = LocalCluster::start(&spec).unwrap();
+    let server = format!("pool_mode = \"transaction\"\nworker_threads = 2\n\n[pool]\n{pool}");
+    let config = format!(
+        "{}\n[[users]]\nname = \"bulk\"\npassword = \"bulk-secret\"\nauth = \"trust\"\n",
+        support::proxy_config(&cluster, &server)
+    );
+    let proxy = support::ProxyProcess::start(&config);
+    (cluster, proxy)
+}
+
 fn current_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -37,17 +53,7 @@ fn current_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_thousand_idle_clients_fit_in_64_mib() {
-    let mut spec = support::spec();
-    spec.users.push(("bulk".into(), "bulk-secret".into()));
-    let cluster = switchyard::testcluster::LocalCluster::start(&spec).unwrap();
-    let config = format!(
-        "{}\n[[users]]\nname = \"bulk\"\npassword = \"bulk-secret\"\nauth = \"trust\"\n",
-        support::proxy_config(
-            &cluster,
-            "pool_mode = \"transaction\"\nworker_threads = 2\n\n[pool]\nmax_size = 4"
-        )
-    );
-    let proxy = support::ProxyProcess::start(&config);
+    let (cluster, proxy) = bulk_proxy("max_size = 4");
     let started = Instant::now();
     // One client first: the baseline is the proxy with its pools warmed.
     let first = idle_client(proxy.addr).await;
@@ -105,17 +111,7 @@ async fn simple_query(stream: &mut TcpStream, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_pooled_connections_let_go_of_what_a_large_request_grew() {
-    let mut spec = support::spec();
-    spec.users.push(("bulk".into(), "bulk-secret".into()));
-    let cluster = switchyard::testcluster::LocalCluster::start(&spec).unwrap();
-    let config = format!(
-        "{}\n[[users]]\nname = \"bulk\"\npassword = \"bulk-secret\"\nauth = \"trust\"\n",
-        support::proxy_config(
-            &cluster,
-            "pool_mode = \"transaction\"\nworker_threads = 2\n\n[pool]\nmax_size = 4\nmin_size = 4"
-        )
-    );
-    let proxy = support::ProxyProcess::start(&config);
+    let (_cluster, proxy) = bulk_proxy("max_size = 4\nmin_size = 4");
     let mut warm = idle_client(proxy.addr).await;
     simple_query(&mut warm, "SELECT 1").await;
     drop(warm);
