@@ -7,10 +7,12 @@
 mod catalog;
 mod deferred;
 mod local;
+mod login;
 mod node_pools;
 pub mod pins;
 mod relay;
 pub mod request;
+mod retry;
 mod settings;
 pub mod statements;
 mod tracker;
@@ -33,10 +35,11 @@ use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
 use crate::router::target::{NoPrimary, Policy, Target, wait_for_primary};
 use crate::tls::ClientStream;
+use crate::topology::LoadGuard;
 use crate::topology::probe::parse_lsn;
-use crate::topology::{LoadGuard, Role};
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
+use login::{invalid_route, login};
 use node_pools::NodePools;
 pub(crate) use relay::complete_frame;
 use relay::{ClientState, Plan, ShutdownWatch, StretchEnd};
@@ -85,15 +88,6 @@ pub fn pool_settings(settings: &Settings) -> PoolSettings {
         health_check_after: pool.health_check_after,
         connect_timeout: settings.config.server.connect_timeout,
     }
-}
-
-/// What login in transaction mode establishes.
-struct Login {
-    pools: NodePools,
-    catalog: Arc<PoolCatalog>,
-    settings: SessionSettings,
-    registration: Registration,
-    policy: Policy,
 }
 
 /// Finishes login for an authenticated client: checks out a connection to
@@ -147,145 +141,6 @@ pub async fn serve(
     session.run(&shutdown).await;
 }
 
-async fn login(
-    client: &mut ClientStream,
-    shared: &Arc<Shared>,
-    settings: &Settings,
-    params: &[(String, String)],
-    password: Option<Secret>,
-) -> Result<Option<Login>, Bytes> {
-    let user = crate::protocol::StartupPacket::param(params, "user").unwrap_or_default();
-    let database =
-        crate::protocol::StartupPacket::param(params, "database").unwrap_or_else(|| user.clone());
-    let mut session_settings = SessionSettings::from_startup(params);
-    let policy = session_policy(settings, &user, &database, session_settings.take_route())?;
-    let mut pools = NodePools::new(database, user, password, pool_settings(settings));
-    let catalog = shared.catalogs.get(&pools.catalog_key());
-    let fingerprint = session_settings.fingerprint();
-
-    // Clients with settings seen before are greeted without a server round
-    // trip, so logins keep working while every connection is busy, and
-    // while the primary is being replaced.
-    let (mut greeting, target) = match catalog.greeting(fingerprint) {
-        Some(frames) => (BytesMut::from(&frames[..]), None),
-        None => {
-            let node = greeting_node(shared, settings).await?;
-            let pool = pools.get(shared, &node);
-            let (frames, target) = first_greeting(&pool, &session_settings).await?;
-            catalog.remember_greeting(fingerprint, frames.clone());
-            (BytesMut::from(&frames[..]), Some(target))
-        }
-    };
-    let target = target.unwrap_or_else(|| CancelTarget {
-        addr: String::new(),
-        pid: 0,
-        secret: Bytes::new(),
-    });
-    let registration = shared.cancels.register(target);
-    // The login connection went back to the pool: nothing to cancel yet.
-    registration.set_linked(false);
-    let key = registration.key();
-    messages::backend_key_data(&mut greeting, key.pid, key.secret);
-    messages::ready_for_query_idle(&mut greeting);
-    if client.write_all(&greeting).await.is_err() {
-        return Ok(None);
-    }
-    Ok(Some(Login {
-        pools,
-        catalog,
-        settings: session_settings,
-        registration,
-        policy,
-    }))
-}
-
-/// The session's routing policy: user, then database, then `[routing]`,
-/// overridden by a startup `-c switchyard.route=…`.
-fn session_policy(
-    settings: &Settings,
-    user: &str,
-    database: &str,
-    startup_route: Option<String>,
-) -> Result<Policy, Bytes> {
-    let (mut route, consistency) = settings.config.policy(user, database);
-    if let Some(value) = startup_route {
-        route = Route::parse(&value).ok_or_else(|| {
-            ClientError::fatal("22023", invalid_route(&value))
-                .to_bytes()
-                .freeze()
-        })?;
-    }
-    let routing = &settings.config.routing;
-    Ok(Policy::new(
-        routing.enabled,
-        route,
-        consistency,
-        routing.primary_reads,
-        rand::random(),
-    ))
-}
-
-fn invalid_route(value: &str) -> String {
-    format!(
-        "invalid value for parameter \"{}\": \"{value}\" (use primary, replica or auto)",
-        crate::router::access::ROUTE_SETTING
-    )
-}
-
-/// The node that answers a new client's first login: the primary, or
-/// while there is none, a replica in rotation (its read-only state is
-/// hidden: the proxy as a whole takes writes).
-async fn greeting_node(shared: &Shared, settings: &Settings) -> Result<String, Bytes> {
-    let snapshot = shared.topology.snapshot();
-    if let Some(primary) = snapshot.primary() {
-        return Ok(primary.addr.clone());
-    }
-    if let Some(replica) = snapshot
-        .members
-        .iter()
-        .find(|m| m.role == Role::Replica && m.in_rotation)
-    {
-        return Ok(replica.addr.clone());
-    }
-    let timeout = settings.config.routing.failover_timeout;
-    wait_for_primary(&shared.topology, timeout)
-        .await
-        .map_err(|e| {
-            ClientError::fatal(NoPrimary::SQLSTATE, e.to_string())
-                .to_bytes()
-                .freeze()
-        })
-}
-
-/// Checks out a connection, applies `settings`, and returns the
-/// ParameterStatus frames the client should see.
-async fn first_greeting(
-    pool: &Arc<Pool>,
-    settings: &SessionSettings,
-) -> Result<(Bytes, CancelTarget), Bytes> {
-    let mut conn = pool
-        .checkout()
-        .await
-        .map_err(|e| pool_error_bytes(&e, true))?;
-    let statuses = match internal::query(&mut conn, &settings.apply_sql()).await {
-        Ok(result) => result.parameter_status,
-        Err(InternalError::Refused(raw)) => {
-            conn.settings_fingerprint = u64::MAX;
-            conn.checkin();
-            return Err(as_fatal(&raw));
-        }
-        Err(InternalError::Connection(reason)) => {
-            conn.discard();
-            return Err(ClientError::fatal("08006", reason).to_bytes().freeze());
-        }
-    };
-    conn.settings_fingerprint = settings.fingerprint();
-    let target = cancel_target(&conn);
-    let frames = merge_parameters(pool.server_parameters().unwrap_or_default(), &statuses);
-    conn.checkin();
-    Ok((frames.freeze(), target))
-}
-
 fn cancel_target(conn: &PooledConnection) -> CancelTarget {
     CancelTarget {
         addr: conn.addr.clone(),
@@ -337,39 +192,6 @@ fn with_severity(raw: &Bytes, severity: &str) -> Bytes {
     let len = (out.len() - 1) as u32;
     out[1..5].copy_from_slice(&len.to_be_bytes());
     out.freeze()
-}
-
-/// The pool's default ParameterStatus frames, overridden by `statuses`.
-fn merge_parameters(defaults: Bytes, statuses: &[Bytes]) -> BytesMut {
-    let mut frames: Vec<Bytes> = Vec::new();
-    let mut rest = defaults;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
-        if len > rest.len() || len < 5 {
-            break;
-        }
-        let frame = rest.split_to(len);
-        if frame[0] == b'S' {
-            frames.push(frame);
-        }
-    }
-    for status in statuses {
-        let name = internal::parameter_name(status);
-        frames.retain(|f| internal::parameter_name(f) != name);
-        frames.push(status.clone());
-    }
-    // The greeting may come from a replica (no primary at that moment);
-    // the session as a whole takes writes.
-    for frame in &mut frames {
-        if internal::parameter_name(frame) == b"in_hot_standby" {
-            *frame = internal::whole(b'S', b"in_hot_standby\0off\0");
-        }
-    }
-    let mut out = BytesMut::new();
-    for frame in frames {
-        out.extend_from_slice(&frame);
-    }
-    out
 }
 
 /// `make()`'s future in a box of its own, written there directly.
@@ -601,22 +423,6 @@ impl TransactionSession {
         self.finish_stretch(conn, end).await
     }
 
-    /// True while the primary's first failure of this request is younger
-    /// than `routing.failover_timeout` (starting the clock on the first
-    /// failure).
-    fn primary_may_be_failing(&mut self) -> bool {
-        self.primary_failing_since.get_or_insert_with(Instant::now);
-        self.within_failover_window()
-    }
-
-    /// True unless the primary has been failing the request at hand for
-    /// `routing.failover_timeout` already.
-    fn within_failover_window(&self) -> bool {
-        let timeout = self.proxy.config.routing.failover_timeout;
-        self.primary_failing_since
-            .is_none_or(|since| since.elapsed() < timeout)
-    }
-
     /// Picks the node for a request; `None` after answering it with an
     /// error (no primary within the failover timeout).
     async fn route(&mut self, read: bool, request: &Request) -> Option<Routed> {
@@ -679,63 +485,6 @@ impl TransactionSession {
             plan,
             wrote,
         })
-    }
-
-    /// A replica refused the request (or was lost before answering): run
-    /// it again on the primary, and remember the statement when the
-    /// refusal said it `writes`.
-    fn retry_on_primary(
-        &mut self,
-        conn: PooledConnection,
-        reusable: bool,
-        writes: bool,
-        request: Request,
-    ) {
-        if reusable {
-            conn.checkin();
-        } else {
-            conn.discard();
-            self.state.tracker.clear();
-        }
-        if let Some((start, end)) = request.text.filter(|_| reusable && writes) {
-            self.shared
-                .learned_writes
-                .insert(&self.state.replay[start..end]);
-        }
-        tracing::debug!(reusable, "retrying a replica's request on the primary");
-        self.shared.metrics.retry_on_primary();
-        self.restore_request();
-        self.force_primary = true;
-    }
-
-    /// The primary stopped the request before it ran and is going away
-    /// (shutting down, or demoted under us): run the request again on
-    /// whichever node is primary next (waiting for one up to
-    /// `routing.failover_timeout`, counted from the first failure).
-    fn rerun_after_failover(&mut self, conn: PooledConnection, reusable: bool) {
-        if reusable {
-            conn.checkin();
-        } else {
-            conn.discard();
-            self.state.tracker.clear();
-        }
-        self.primary_may_be_failing();
-        tracing::debug!(
-            reusable,
-            "the primary stopped a request before it ran; running it again"
-        );
-        self.shared.metrics.retry_on_primary();
-        self.restore_request();
-    }
-
-    /// Puts the copy of the request taken for a re-run back in front of
-    /// whatever the client sent since.
-    fn restore_request(&mut self) {
-        let mut restored =
-            BytesMut::with_capacity(self.state.replay.len() + self.state.client_in.len());
-        restored.extend_from_slice(&self.state.replay);
-        restored.extend_from_slice(&self.state.client_in);
-        self.state.client_in = restored;
     }
 
     /// After a write transaction, records where the primary's WAL stands,
