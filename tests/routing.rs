@@ -367,6 +367,10 @@ async fn lagging_replica_leaves_rotation_within_a_second_and_returns() {
         .batch_execute("CREATE TABLE filler (x text)")
         .await
         .unwrap();
+    // Counted before the pause: the replica may leave while the write
+    // below is still streaming, before the INSERT returns.
+    let leaving = format!("node=127.0.0.1:{r1} role=\"replica\" was=\"replica\" in_rotation=false");
+    let left_before = h.proxy.log().matches(&leaving).count();
     h.cluster.replicas()[0]
         .psql("SELECT pg_wal_replay_pause()")
         .unwrap();
@@ -375,8 +379,6 @@ async fn lagging_replica_leaves_rotation_within_a_second_and_returns() {
         .batch_execute("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 8000)")
         .await
         .unwrap();
-    let leaving = format!("node=127.0.0.1:{r1} role=\"replica\" was=\"replica\" in_rotation=false");
-    let left_before = h.proxy.log().matches(&leaving).count();
     let written = Instant::now();
     // The proxy's own decision, from its log (each rotation change is
     // logged), so that the time of the reads that confirm it below is not
