@@ -199,8 +199,10 @@ fn with_severity(raw: &Bytes, severity: &str) -> Bytes {
 /// `Box::pin(future)` builds the future on the stack and then copies all
 /// of it (a few KiB for a request, most of it not yet initialised) into
 /// the box: `memmove` was the largest single item of a `perf` profile
-/// under `pgbench -S`. An uninitialised box written with `make()`'s result
-/// lets the compiler build the future in the box.
+/// under `pgbench -S`. Allocating first and writing `make()`'s result into
+/// the uninitialised box lets the compiler build the future in place
+/// (memmove's share fell from 2.4 % to 1.7 % with this and another change;
+/// not measured alone).
 fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
