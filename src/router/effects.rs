@@ -259,6 +259,12 @@ pub fn session_effects_with(sql: &[u8], options: LexOptions) -> SessionEffects {
     if plainly_without_effects(sql) {
         return SessionEffects::NONE;
     }
+    lexed_effects(sql, options)
+}
+
+/// The effects of `sql` from a full lexer pass, with no shortcut (for a
+/// caller that has already looked for one).
+pub(super) fn lexed_effects(sql: &[u8], options: LexOptions) -> SessionEffects {
     statement_effects(sql, options).fold(SessionEffects::NONE, SessionEffects::merge)
 }
 
@@ -714,8 +720,7 @@ mod tests {
         fn the_plain_shortcut_agrees_with_the_lexer(
             sql in r#"(SELECT |select |WITH |INSERT |DO |LISTEN |SET |CREATE |DECLARE |INTO |TEMP |temporary |pg_temp\.|pg_advisory_lock\(|PG_ADVISORY_UNLOCK_ALL\(|set_config\(|"set_config"\(|U&"|HOLD |FOR |[-$'"/*;()\\eEuU&_a-z0-9 \n.])*"#
         ) {
-            let lexed = statement_effects(sql.as_bytes(), LexOptions::default())
-                .fold(NONE, SessionEffects::merge);
+            let lexed = lexed_effects(sql.as_bytes(), LexOptions::default());
             if plainly_without_effects(sql.as_bytes()) {
                 prop_assert_eq!(lexed, NONE, "{}", sql);
             }

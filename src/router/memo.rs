@@ -16,6 +16,7 @@ use std::hash::BuildHasher;
 
 use super::access::{self, Access, WriteFunctions};
 use super::effects::{self, SessionEffects};
+use super::lexer::LexOptions;
 
 /// Texts remembered per thread (a power of two).
 const SLOTS: usize = 1024;
@@ -84,7 +85,8 @@ pub fn session_effects(sql: &[u8]) -> SessionEffects {
     if effects::plainly_without_effects(sql) {
         return SessionEffects::NONE;
     }
-    let compute = || effects::session_effects_bytes(sql);
+    // The shortcut was looked for above: straight to the lexer.
+    let compute = || effects::lexed_effects(sql, LexOptions::default());
     with_slot(sql, compute, |slot| {
         *slot.effects.get_or_insert_with(compute)
     })
