@@ -2,6 +2,7 @@
 //! server asks (SCRAM-SHA-256, md5, cleartext, trust), and the startup
 //! messages up to the first ReadyForQuery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,6 +16,7 @@ use super::BackendError;
 use super::scram_keys::KeysExchange;
 use super::secret::Secret;
 use crate::config::ServerTlsMode;
+use crate::listener::cancel::CancelTarget;
 use crate::protocol::frame::{BodyReader, HEADER_LEN};
 use crate::protocol::io::read_message;
 use crate::protocol::{Frame, ProtocolError, buffers};
@@ -32,8 +34,10 @@ pub struct ServerConnection {
     pub addr: String,
     /// The server's BackendKeyData process id.
     pub pid: i32,
-    /// The server's BackendKeyData secret.
-    pub secret: Bytes,
+    /// Where a client's CancelRequest for this connection goes (its
+    /// address and BackendKeyData), built once: transaction pooling points
+    /// a session's cancel key at it on every checkout.
+    pub cancel_target: Arc<CancelTarget>,
     /// ParameterStatus and NoticeResponse frames the server sent during
     /// login, to replay to the client verbatim.
     pub startup_messages: BytesMut,
@@ -207,11 +211,17 @@ impl<'a> Login<'a> {
                 }
                 b'Z' => {
                     let (pid, secret) = key.unwrap_or_default();
-                    return Ok(ServerConnection {
-                        stream,
-                        addr: self.addr.to_owned(),
+                    let addr = self.addr.to_owned();
+                    let cancel_target = Arc::new(CancelTarget {
+                        addr: addr.clone(),
                         pid,
                         secret,
+                    });
+                    return Ok(ServerConnection {
+                        stream,
+                        addr,
+                        pid,
+                        cancel_target,
                         startup_messages,
                         pending: self.buf,
                         outgoing: BytesMut::new(),

@@ -97,15 +97,12 @@ impl Registration {
     }
 
     /// Points the key at another server connection (transaction pooling
-    /// moves a client between connections); lock-free.
-    pub fn retarget(&self, target: CancelTarget) {
-        self.state.target.store(Arc::new(target));
-    }
-
-    /// True when the key already points at backend `pid` on `addr`.
-    pub fn points_at(&self, addr: &str, pid: i32) -> bool {
-        let target = self.state.target.load();
-        target.pid == pid && target.addr == addr
+    /// moves a client between connections); lock-free, and allocates
+    /// nothing: the connection built its target once.
+    pub fn retarget(&self, target: &Arc<CancelTarget>) {
+        if !Arc::ptr_eq(&self.state.target.load(), target) {
+            self.state.target.store(Arc::clone(target));
+        }
     }
 
     /// Marks whether the session holds its target connection right now;
@@ -158,7 +155,7 @@ impl CancelRegistry {
     }
 
     /// Issues a fresh client key for a session served by `target`.
-    pub fn register(self: &Arc<Self>, target: CancelTarget) -> Registration {
+    pub fn register(self: &Arc<Self>, target: Arc<CancelTarget>) -> Registration {
         let secret: i32 = rand::rng().random();
         let mut sessions = self.lock();
         // Bounded: with peers the session space is 2^15 and the client
@@ -170,7 +167,7 @@ impl CancelRegistry {
                 .then_some(candidate)
         });
         let state = Arc::new(KeyState {
-            target: ArcSwap::from_pointee(target),
+            target: ArcSwap::new(target),
             linked: AtomicBool::new(true),
         });
         let pid = match free {
@@ -237,7 +234,7 @@ mod tests {
     #[test]
     fn key_maps_to_server_target_until_session_ends() {
         let registry = Arc::new(CancelRegistry::default());
-        let registration = registry.register(target());
+        let registration = registry.register(Arc::new(target()));
         let key = registration.key();
         let found = registry.lookup(key.pid, &key.secret.to_be_bytes()).unwrap();
         assert_eq!(found.pid, 42);
@@ -252,7 +249,7 @@ mod tests {
     #[test]
     fn wrong_secret_finds_nothing() {
         let registry = Arc::new(CancelRegistry::default());
-        let registration = registry.register(target());
+        let registration = registry.register(Arc::new(target()));
         let key = registration.key();
         let wrong = key.secret.wrapping_add(1).to_be_bytes();
         assert!(registry.lookup(key.pid, &wrong).is_none());
@@ -262,7 +259,7 @@ mod tests {
     #[test]
     fn unlinked_session_cancels_nothing() {
         let registry = Arc::new(CancelRegistry::default());
-        let registration = registry.register(target());
+        let registration = registry.register(Arc::new(target()));
         let key = registration.key();
         registration.set_linked(false);
         assert!(
@@ -281,7 +278,7 @@ mod tests {
     #[test]
     fn keys_name_their_peer_and_the_forwarded_flag_is_masked() {
         let registry = Arc::new(CancelRegistry::for_peer(513));
-        let registration = registry.register(target());
+        let registration = registry.register(Arc::new(target()));
         let key = registration.key();
         assert!(key.pid > 0);
         assert_eq!(peer_of(key.pid), 513);
@@ -291,8 +288,8 @@ mod tests {
     #[test]
     fn live_sessions_get_distinct_pids() {
         let registry = Arc::new(CancelRegistry::default());
-        let a = registry.register(target());
-        let b = registry.register(target());
+        let a = registry.register(Arc::new(target()));
+        let b = registry.register(Arc::new(target()));
         assert_ne!(a.key().pid, b.key().pid);
     }
 }

@@ -80,6 +80,11 @@ impl NodeUnits {
         self.wake();
     }
 
+    /// True while a checkout waits for a unit.
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
     /// Wakes one waiter, if any: a unit was given back, or a connection
     /// became idle that a waiter of its pool can use instead.
     pub fn wake(&self) {

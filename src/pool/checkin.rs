@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use super::Pool;
 use super::health::{self, HealthError};
+use super::idle::IdleConnection;
 use super::lifecycle::CloseReason;
 use super::stats::bump;
 use crate::backend::ServerConnection;
 
 impl Pool {
-    /// A checked-out connection comes back idle: onto the idle stack,
-    /// unless it has reached `max_lifetime` or holds unread server bytes.
+    /// A checked-out connection comes back idle, with its permit: to the
+    /// oldest waiting checkout or onto the idle stack, unless it has
+    /// reached `max_lifetime` or holds unread server bytes.
     pub(super) fn checkin_connection(&self, mut conn: ServerConnection) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         // One clock read for the lifetime check and the idle stamp.
@@ -30,17 +32,28 @@ impl Pool {
             // A large result or request grew the buffers; idle, the
             // connection keeps only the usual size.
             conn.shed_large_buffers();
-            self.idle.push(conn, now);
-            // A checkout of this pool waiting on the node's budget can
-            // take this connection instead of opening one.
-            self.node.wake();
+            let idle = IdleConnection { conn, since: now };
+            if self.node.has_waiters() {
+                // A checkout of this pool waiting on the node's budget (it
+                // holds a permit already) can take this connection instead
+                // of opening one.
+                self.queue.push_idle(idle);
+                self.node.wake();
+                self.queue.release();
+            } else {
+                self.queue.give_back(idle);
+            }
+            return;
         }
+        self.queue.release();
     }
 
-    /// A checked-out connection in an unknown state: closed.
+    /// A checked-out connection in an unknown state: closed, and its
+    /// permit given back.
     pub(super) fn discard_connection(&self, conn: ServerConnection) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         self.close(conn, CloseReason::Discarded);
+        self.queue.release();
     }
 
     /// Closes a connection that holds a unit of `open`, and gives it back.

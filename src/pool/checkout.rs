@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::idle::IdleConnection;
 use super::lifecycle::CloseReason;
 use super::parameters::parameter_status_frames;
+use super::queue::{Entry, Grant, Permit};
 use super::slot::{Full, OpenSlot};
 use super::stats::{Waiting, bump};
 use super::{Pool, PoolError, PooledConnection, health};
@@ -18,38 +17,60 @@ use crate::backend::{self, BackendError, ServerConnection};
 /// Longest the empty-query round trip of a health check may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Stands in for a deadline too far away to represent.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `timeout` after `started`, on the runtime's clock.
+fn deadline(started: Instant, timeout: Duration) -> tokio::time::Instant {
+    let started = tokio::time::Instant::from_std(started);
+    started
+        .checked_add(timeout)
+        .unwrap_or_else(|| started + FAR_FUTURE)
+}
+
 impl Pool {
     /// A connection of this pool, idle and logged in, for one transaction.
     ///
     /// Waits (first come, first served) up to `checkout_timeout` when
-    /// `max_size` connections are checked out. A reused connection has
-    /// passed a liveness check (and a round trip to the server when it was
-    /// idle for `health_check_after`); a new one is opened with only `user`
-    /// and `database` set.
+    /// `max_size` connections are checked out. A connection another
+    /// session has just given back is handed over as it is; one taken from
+    /// the idle stack has passed a liveness check (and a round trip to the
+    /// server when it was idle for `health_check_after`); a new one is
+    /// opened with only `user` and `database` set.
     ///
     /// Cancel-safe: dropping the future frees whatever it had reserved.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, PoolError> {
         let started = Instant::now();
-        let permit = self.acquire_permit().await?;
-        let conn = self.take_or_open(started).await?;
+        let checkout_timeout = self.settings.load().checkout_timeout;
+        let (permit, conn) = match self.queue.enter(deadline(started, checkout_timeout)) {
+            Entry::Ready(idle) => {
+                let permit = Permit::adopt(&self.queue);
+                let conn = self.take_or_open(idle, started).await?;
+                (permit, conn)
+            }
+            Entry::Wait(wait) => {
+                let waiting = Waiting::enter(&self.waiting, &self.wait_clock);
+                let grant = wait.await;
+                drop(waiting);
+                match grant {
+                    // Given back a moment ago, never idle: nothing to check.
+                    Grant::Item(handed) => (Permit::adopt(&self.queue), handed.conn),
+                    Grant::Permit => {
+                        let permit = Permit::adopt(&self.queue);
+                        let idle = self.queue.pop_idle();
+                        let conn = self.take_or_open(idle, started).await?;
+                        (permit, conn)
+                    }
+                    Grant::Expired => return Err(self.timed_out()),
+                }
+            }
+        };
+        permit.hand_on();
         self.active.fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.checkouts);
         self.metrics
             .checkout_waited(started.elapsed().as_secs_f64());
-        Ok(PooledConnection::new(conn, Arc::clone(self), permit))
-    }
-
-    async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, PoolError> {
-        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
-            return Ok(permit);
-        }
-        let _waiting = Waiting::enter(&self.waiting, &self.wait_clock);
-        let wait = Arc::clone(&self.permits).acquire_owned();
-        match tokio::time::timeout(self.settings.load().checkout_timeout, wait).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed; count it as a timeout anyway.
-            Ok(Err(_)) | Err(_) => Err(self.timed_out()),
-        }
+        Ok(PooledConnection::new(conn, Arc::clone(self)))
     }
 
     fn timed_out(&self) -> PoolError {
@@ -62,11 +83,15 @@ impl Pool {
         }
     }
 
-    /// With a permit in hand: the first idle connection that passes its
-    /// checks, else a new one.
-    async fn take_or_open(&self, started: Instant) -> Result<ServerConnection, PoolError> {
+    /// With a permit in hand: `idle` (popped with it) or the next idle
+    /// connection that passes its checks, else a new one.
+    async fn take_or_open(
+        &self,
+        mut idle: Option<IdleConnection>,
+        started: Instant,
+    ) -> Result<ServerConnection, PoolError> {
         loop {
-            if let Some(conn) = self.take_idle().await {
+            if let Some(conn) = self.take_idle(idle.take()).await {
                 return Ok(conn);
             }
             let max_size = self.settings.load().max_size;
@@ -81,10 +106,11 @@ impl Pool {
                 // another): wait for a connection to close, or for one of
                 // this pool's to come back idle.
                 Err(Full::Node) => {
-                    let deadline = tokio::time::Instant::from_std(started + checkout_timeout);
+                    let deadline = deadline(started, checkout_timeout);
                     if !self.node.wait(deadline).await {
                         return Err(self.timed_out());
                     }
+                    idle = self.queue.pop_idle();
                 }
                 // Every unit of `open` is taken yet nothing is idle: the
                 // reaper has taken expired connections off the idle stack
@@ -95,14 +121,17 @@ impl Pool {
                         return Err(self.timed_out());
                     }
                     tokio::task::yield_now().await;
+                    idle = self.queue.pop_idle();
                 }
             }
         }
     }
 
-    /// Pops idle connections until one passes its checks; closes the rest.
-    async fn take_idle(&self) -> Option<ServerConnection> {
-        while let Some(mut idle) = self.idle.pop() {
+    /// `first`, then idle connections popped until one passes its checks;
+    /// closes the rest.
+    async fn take_idle(&self, first: Option<IdleConnection>) -> Option<ServerConnection> {
+        let mut next = first;
+        while let Some(mut idle) = next.take() {
             // Owns the popped connection's unit of `open` until it is handed
             // out, so a checkout cancelled mid health check gives it back.
             let slot = OpenSlot::adopt(&self.open, &self.node);
@@ -114,6 +143,7 @@ impl Pool {
                 // `slot` drops at the end of this arm: the unit is given back.
                 Err(reason) => self.retire(idle.conn, reason),
             }
+            next = self.queue.pop_idle();
         }
         None
     }

@@ -4,8 +4,6 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::Pool;
 use crate::backend::ServerConnection;
 
@@ -23,22 +21,16 @@ use crate::backend::ServerConnection;
 pub struct PooledConnection {
     /// Present from checkout until checkin, discard or drop.
     conn: Option<ServerConnection>,
+    /// Holds one of the pool's permits until checkin, discard or drop
+    /// give it back (with the connection, or after closing it).
     pool: Arc<Pool>,
-    /// Released after `conn` is back in the pool or closed (fields drop
-    /// after `Drop::drop` has run), so a waiter woken by it finds the slot.
-    _permit: OwnedSemaphorePermit,
 }
 
 impl PooledConnection {
-    pub(super) fn new(
-        conn: ServerConnection,
-        pool: Arc<Pool>,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
+    pub(super) fn new(conn: ServerConnection, pool: Arc<Pool>) -> Self {
         Self {
             conn: Some(conn),
             pool,
-            _permit: permit,
         }
     }
 

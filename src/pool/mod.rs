@@ -3,12 +3,13 @@
 //! transaction starts and checks it back in at ReadyForQuery 'I'.
 //!
 //! How a pool stays within `max_size`:
-//! - A [`Semaphore`] with `max_size` permits orders the checkouts: a
-//!   checkout first waits (FIFO, bounded by `checkout_timeout`) for a
-//!   permit and holds it for as long as it holds its connection.
-//! - With a permit, it takes the most recently used idle connection,
-//!   checking it first (see [`PooledConnection`] for what "checked"
-//!   means), or opens a new one.
+//! - `max_size` permits order the checkouts: a checkout first waits
+//!   (FIFO, bounded by `checkout_timeout`) for a permit and holds it for as
+//!   long as it holds its connection. A checkin hands its connection and
+//!   permit straight to the oldest waiter ([`queue`]).
+//! - With a permit alone, a checkout takes the most recently used idle
+//!   connection, checking it first (see [`PooledConnection`] for what
+//!   "checked" means), or opens a new one.
 //! - An atomic count of open connections (idle, checked out, being opened)
 //!   is the hard bound: a connection is only opened after reserving a unit
 //!   of it below `max_size`.
@@ -17,8 +18,8 @@
 //!   free unit. The reaper opens `min_size` connections only with permits
 //!   nobody is waiting for.
 //!
-//! Nothing here is global: each pool has its own semaphore, counters and
-//! idle stack, and [`Pools`] (the registry) is touched only at session
+//! Nothing here is global: each pool has its own queue (permits, waiters,
+//! idle stack) and counters, and [`Pools`] (the registry) is touched only at session
 //! login. A background reaper per pool closes connections past
 //! `idle_timeout` or `max_lifetime`, drops dead ones and keeps `min_size`
 //! open.
@@ -33,6 +34,7 @@ mod idle;
 mod key;
 mod lifecycle;
 mod parameters;
+mod queue;
 mod reaper;
 mod reconfigure;
 mod registry;
@@ -49,7 +51,6 @@ use arc_swap::ArcSwap;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 use crate::backend::Secret;
 use crate::tls::Connector;
@@ -62,7 +63,8 @@ pub use registry::Pools;
 pub use settings::PoolSettings;
 pub use stats::{IdleServer, PoolStats};
 
-use idle::IdleList;
+use idle::IdleConnection;
+use queue::Queue;
 use stats::{Counters, Gauges, WaitClock};
 
 use crate::metrics::PoolMetrics;
@@ -77,9 +79,9 @@ pub struct Pool {
     tls: Connector,
     /// Swapped whole by [`Pool::reconfigure`] on a config reload.
     settings: ArcSwap<PoolSettings>,
-    /// `max_size` permits; a checkout holds one while it holds a connection.
-    permits: Arc<Semaphore>,
-    idle: IdleList,
+    /// `max_size` permits (a checkout holds one while it holds a
+    /// connection), the checkouts waiting for one, and the idle stack.
+    queue: Arc<Queue<IdleConnection>>,
     /// Connections open: idle, checked out, or being opened.
     open: AtomicUsize,
     /// This proxy's connections to the pool's node, against its budget.
@@ -135,9 +137,8 @@ impl Pool {
             key,
             secret: ArcSwapOption::from(secret.map(Arc::new)),
             tls,
-            permits: Arc::new(Semaphore::new(settings.max_size)),
+            queue: Queue::new(settings.max_size),
             settings: ArcSwap::from_pointee(settings),
-            idle: IdleList::default(),
             open: AtomicUsize::new(0),
             node,
             active: AtomicUsize::new(0),
@@ -179,7 +180,7 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         self.counters.snapshot(Gauges {
             max_wait: self.wait_clock.longest(),
-            idle: self.idle.len(),
+            idle: self.queue.idle_len(),
             active: self.active.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
@@ -189,15 +190,11 @@ impl Pool {
     /// The idle connections, for `SHOW SERVERS` (checked-out ones belong
     /// to their sessions and are only counted, in [`Pool::stats`]).
     pub fn idle_servers(&self) -> Vec<IdleServer> {
-        self.idle
-            .describe()
-            .into_iter()
-            .map(|(pid, opened, idle_since)| IdleServer {
-                pid,
-                opened,
-                idle_since,
-            })
-            .collect()
+        self.queue.describe_idle(|idle| IdleServer {
+            pid: idle.conn.pid,
+            opened: idle.conn.created,
+            idle_since: idle.since,
+        })
     }
 
     /// The ParameterStatus frames (tag and length included) a fresh
@@ -221,7 +218,7 @@ impl fmt::Debug for Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for idle in self.idle.take_all() {
+        for idle in self.queue.take_idle() {
             health::terminate(idle.conn);
             // The node's units outlive this pool.
             self.node.give_back();

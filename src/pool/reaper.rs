@@ -9,6 +9,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::idle::IdleConnection;
 use super::lifecycle::{CloseReason, expiry};
+use super::queue::Permit;
 use super::slot::OpenSlot;
 use super::{Pool, health};
 
@@ -50,8 +51,8 @@ impl Pool {
         // The liveness probe runs under the idle lock: it is one
         // non-blocking recv per idle connection, once per reaper pass.
         let closing = self
-            .idle
-            .extract(|idle| self.reap_verdict(idle, &mut spare));
+            .queue
+            .extract_idle(|idle| self.reap_verdict(idle, &mut spare));
         for (idle, reason) in closing {
             self.close(idle.conn, reason);
         }
@@ -61,7 +62,7 @@ impl Pool {
     /// proxy's budget share (after the share shrank: a peer joined).
     pub fn trim_to_budget(&self) {
         while self.node.over_budget() {
-            let Some(idle) = self.idle.pop() else {
+            let Some(idle) = self.queue.pop_idle() else {
                 return;
             };
             self.close(idle.conn, CloseReason::Discarded);
@@ -71,7 +72,7 @@ impl Pool {
     /// Closes every idle connection (its node changed role or went away);
     /// connections checked out now are unaffected.
     pub fn close_idle(&self) {
-        for (idle, reason) in self.idle.extract(|_| Some(CloseReason::Discarded)) {
+        for (idle, reason) in self.queue.extract_idle(|_| Some(CloseReason::Discarded)) {
             self.close(idle.conn, reason);
         }
     }
@@ -102,7 +103,7 @@ impl Pool {
     /// the first failure (the next pass tries again).
     pub(super) async fn refill(&self) {
         while self.open.load(Ordering::Acquire) < self.settings.load().min_size {
-            let Ok(_permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            let Some(permit) = Permit::try_take(&self.queue) else {
                 return;
             };
             let min_size = self.settings.load().min_size;
@@ -112,7 +113,10 @@ impl Pool {
             match self.connect().await {
                 Ok(conn) => {
                     slot.keep();
-                    self.idle.push(conn, Instant::now());
+                    permit.give_back(IdleConnection {
+                        conn,
+                        since: Instant::now(),
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(pool = %self.key, %error, "could not open a min_size connection");

@@ -20,26 +20,9 @@ impl Pool {
         }
         tracing::info!(pool = %self.key, from = old.max_size, to = settings.max_size, "pool max_size changed");
         if settings.max_size > old.max_size {
-            self.permits.add_permits(settings.max_size - old.max_size);
-            return;
-        }
-        let shrink = old.max_size - settings.max_size;
-        let forgotten = self.permits.forget_permits(shrink);
-        let remaining = shrink - forgotten;
-        if remaining == 0 {
-            return;
-        }
-        // The rest are held by checkouts: take them as they come back.
-        let permits = Arc::clone(&self.permits);
-        let Ok(remaining) = u32::try_from(remaining) else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Ok(permits) = permits.acquire_many_owned(remaining).await {
-                    permits.forget();
-                }
-            });
+            self.queue.add_permits(settings.max_size - old.max_size);
+        } else {
+            self.queue.forget_permits(old.max_size - settings.max_size);
         }
     }
 
@@ -48,7 +31,7 @@ impl Pool {
     /// a node's address now points elsewhere).
     pub fn reconnect(&self) {
         self.retire_before.store(Arc::new(Some(Instant::now())));
-        for idle in self.idle.take_all() {
+        for idle in self.queue.take_idle() {
             self.close(idle.conn, CloseReason::Lifetime);
         }
     }
@@ -92,13 +75,13 @@ mod tests {
             max_size: 5,
             ..PoolSettings::default()
         });
-        assert_eq!(pool.permits.available_permits(), 5);
+        assert_eq!(pool.queue.available(), 5);
         assert_eq!(pool.settings().max_size, 5);
         pool.reconfigure(PoolSettings {
             max_size: 1,
             ..PoolSettings::default()
         });
-        assert_eq!(pool.permits.available_permits(), 1);
+        assert_eq!(pool.queue.available(), 1);
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ pub use startup::{Opening, read_opening};
 
 use crate::backend::{self, Secret, ServerConnection};
 use crate::config::{ClientCertUser, TlsConfig};
-use crate::listener::cancel::{CancelTarget, send_cancel};
+use crate::listener::cancel::send_cancel;
 use crate::listener::limits::{ClientSlot, UserSlot};
 use crate::pool::NodeUnit;
 use crate::protocol::StartupPacket;
@@ -136,7 +136,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
             return;
         }
     };
-    let registration = shared.cancels.register(cancel_target(&server));
+    let registration = shared.cancels.register(Arc::clone(&server.cancel_target));
     let key = registration.key();
     let mut greeting = std::mem::take(&mut server.startup_messages);
     messages::backend_key_data(&mut greeting, key.pid, key.secret);
@@ -175,7 +175,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         match reattach(&shared, &settings, &params, secret.as_ref()).await {
             Ok((next, unit)) => {
                 tracing::info!(%peer, user, from = %server.addr, to = %next.addr, "session moved to a new server connection");
-                registration.retarget(cancel_target(&next));
+                registration.retarget(&next.cancel_target);
                 server = next;
                 // The old unit goes back as the new one is held.
                 _budget_unit = unit;
@@ -198,14 +198,6 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     }
     })
     .await;
-}
-
-fn cancel_target(server: &ServerConnection) -> CancelTarget {
-    CancelTarget {
-        addr: server.addr.clone(),
-        pid: server.pid,
-        secret: server.secret.clone(),
-    }
 }
 
 fn lost_server(addr: &str) -> BytesMut {
@@ -431,20 +423,20 @@ async fn finish(
     activity: &Activity,
 ) {
     tracing::debug!(?end, server = %server.addr, "session ended");
-    let target = &cancel_target(&server);
+    let target = Arc::clone(&server.cancel_target);
     let busy = !activity.is_idle();
     let tell_client = |error: ClientError| activity.client_at_boundary().then(|| error.to_bytes());
     let message = match end {
         RelayEnd::ClientTerminated => None,
         RelayEnd::ClientGone => {
             if busy {
-                send_cancel(target).await;
+                send_cancel(&target).await;
             }
             None
         }
         RelayEnd::ClientProtocol(error) => {
             if busy {
-                send_cancel(target).await;
+                send_cancel(&target).await;
             }
             let reply = SessionError::Protocol(error).to_client();
             reply
@@ -466,7 +458,7 @@ async fn finish(
         RelayEnd::IdleTimeout => tell_client(ClientError::fatal(idle::SQLSTATE, idle::MESSAGE)),
         RelayEnd::DrainedIdle | RelayEnd::HardStop => {
             if busy {
-                send_cancel(target).await;
+                send_cancel(&target).await;
             }
             tell_client(ClientError::fatal(
                 "57P01",

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::catalog::PoolCatalog;
 use super::node_pools::NodePools;
 use super::settings::SessionSettings;
-use super::{as_fatal, cancel_target, pool_error_bytes, pool_settings};
+use super::{as_fatal, pool_error_bytes, pool_settings};
 use crate::backend::Secret;
 use crate::backend::query::{self as internal, InternalError};
 use crate::config::Route;
@@ -63,10 +63,12 @@ pub(super) async fn login(
             (BytesMut::from(&frames[..]), Some(target))
         }
     };
-    let target = target.unwrap_or_else(|| CancelTarget {
-        addr: String::new(),
-        pid: 0,
-        secret: Bytes::new(),
+    let target = target.unwrap_or_else(|| {
+        Arc::new(CancelTarget {
+            addr: String::new(),
+            pid: 0,
+            secret: Bytes::new(),
+        })
     });
     let registration = shared.cancels.register(target);
     // The login connection went back to the pool: nothing to cancel yet.
@@ -149,7 +151,7 @@ async fn greeting_node(shared: &Shared, settings: &Settings) -> Result<String, B
 async fn first_greeting(
     pool: &Arc<Pool>,
     settings: &SessionSettings,
-) -> Result<(Bytes, CancelTarget), Bytes> {
+) -> Result<(Bytes, Arc<CancelTarget>), Bytes> {
     let mut conn = pool
         .checkout()
         .await
@@ -167,7 +169,7 @@ async fn first_greeting(
         }
     };
     conn.settings_fingerprint = settings.fingerprint();
-    let target = cancel_target(&conn);
+    let target = Arc::clone(&conn.cancel_target);
     let frames = merge_parameters(pool.server_parameters().unwrap_or_default(), &statuses);
     conn.checkin();
     Ok((frames.freeze(), target))

@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use crate::backend::Secret;
 use crate::backend::query::{self as internal, InternalError};
 use crate::config::{Consistency, Route};
-use crate::listener::cancel::{CancelTarget, Registration, send_cancel};
+use crate::listener::cancel::{Registration, send_cancel};
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
 use crate::protocol::buffers;
 use crate::protocol::messages::{self, ClientError};
@@ -139,14 +139,6 @@ pub async fn serve(
         listed,
     };
     session.run(&shutdown).await;
-}
-
-fn cancel_target(conn: &PooledConnection) -> CancelTarget {
-    CancelTarget {
-        addr: conn.addr.clone(),
-        pid: conn.pid,
-        secret: conn.secret.clone(),
-    }
 }
 
 /// An ErrorResponse for a pool failure (ERROR mid-session, FATAL at login).
@@ -348,11 +340,7 @@ impl TransactionSession {
         }
         // Opened on this connection; a re-run elsewhere opens it again.
         let begun = std::mem::take(&mut self.begin_held);
-        // Building a target allocates; most checkouts reuse the connection
-        // the key already points at.
-        if !self.registration.points_at(&conn.addr, conn.pid) {
-            self.registration.retarget(cancel_target(&conn));
-        }
+        self.registration.retarget(&conn.cancel_target);
         if routed.plan.retryable {
             self.state.replay.clear();
             self.state
@@ -784,7 +772,7 @@ impl TransactionSession {
             }
             StretchEnd::ClientGone | StretchEnd::ClientProtocol(_) | StretchEnd::HardStop => {
                 if !self.state.tracker.is_empty() {
-                    send_cancel(&cancel_target(&conn)).await;
+                    send_cancel(&conn.cancel_target).await;
                 }
                 conn.discard();
                 let message = match end {
