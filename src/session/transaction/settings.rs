@@ -16,6 +16,9 @@ pub const SNAPSHOT_SQL: &str = "SELECT name, pg_catalog.current_setting(name) FR
 pub struct SessionSettings {
     pairs: Vec<(String, String)>,
     fingerprint: u64,
+    // Asked of every request; worked out once from `pairs`.
+    read_only: bool,
+    serializable: bool,
 }
 
 impl SessionSettings {
@@ -54,9 +57,21 @@ impl SessionSettings {
             deduped.hash(&mut hasher);
             hasher.finish().max(1)
         };
+        let read_only = deduped.iter().any(|(name, value)| {
+            name == "default_transaction_read_only"
+                && matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "on" | "true" | "1" | "yes"
+                )
+        });
+        let serializable = deduped.iter().any(|(name, value)| {
+            name == "default_transaction_isolation" && value.eq_ignore_ascii_case("serializable")
+        });
         Self {
             pairs: deduped,
             fingerprint,
+            read_only,
+            serializable,
         }
     }
 
@@ -75,22 +90,14 @@ impl SessionSettings {
     /// True when the session's transactions are read-only by default
     /// (`default_transaction_read_only = on`).
     pub fn read_only_by_default(&self) -> bool {
-        self.pairs.iter().any(|(name, value)| {
-            name == "default_transaction_read_only"
-                && matches!(
-                    value.to_ascii_lowercase().as_str(),
-                    "on" | "true" | "1" | "yes"
-                )
-        })
+        self.read_only
     }
 
     /// True when the session's transactions are serializable by default
     /// (`default_transaction_isolation = serializable`), which a hot
     /// standby refuses: its reads must run on the primary.
     pub fn serializable_by_default(&self) -> bool {
-        self.pairs.iter().any(|(name, value)| {
-            name == "default_transaction_isolation" && value.eq_ignore_ascii_case("serializable")
-        })
+        self.serializable
     }
 
     /// 0 for server defaults; equal settings have equal fingerprints.
