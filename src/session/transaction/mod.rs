@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::Secret;
@@ -508,23 +508,21 @@ impl TransactionSession {
         let Ok(Some((b'Q', len))) = relay::complete_frame(&self.state.client_in, limit) else {
             return false;
         };
-        let frame = self.state.client_in.split_to(len);
-        let body = &frame[5..];
+        // Looked at in place: most requests are not ours, and stay as they are.
+        let body = &self.state.client_in[5..len];
         let sql = body.strip_suffix(b"\0").unwrap_or(body);
         let Some(value) = crate::router::access::route_setting(sql) else {
-            // Not ours: put it back untouched (split_to/unsplit costs no copy).
-            let rest = std::mem::replace(&mut self.state.client_in, frame);
-            self.state.client_in.unsplit(rest);
             return false;
         };
         let value = String::from_utf8_lossy(value).into_owned();
+        let reset = sql
+            .trim_ascii_start()
+            .get(..5)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"reset"));
+        self.state.client_in.advance(len);
         match Route::parse(&value) {
             Some(route) => {
                 self.policy.route = route;
-                let reset = sql
-                    .trim_ascii_start()
-                    .get(..5)
-                    .is_some_and(|w| w.eq_ignore_ascii_case(b"reset"));
                 let verb = if reset { "RESET" } else { "SET" };
                 messages::command_complete(&mut self.state.to_client, verb);
             }
