@@ -28,6 +28,16 @@ fn deadline(started: Instant, timeout: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| started + FAR_FUTURE)
 }
 
+/// What the checks of an idle connection found without a round trip.
+enum IdleVerdict {
+    /// It passed them all.
+    Usable(ServerConnection),
+    /// It has been idle for `health_check_after`: a round trip first.
+    Due(IdleConnection),
+    /// It failed one and was closed (or there was none).
+    Closed,
+}
+
 impl Pool {
     /// A connection of this pool, idle and logged in, for one transaction.
     ///
@@ -42,35 +52,55 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, PoolError> {
         let started = Instant::now();
         let checkout_timeout = self.settings.load().checkout_timeout;
-        let (permit, conn) = match self.queue.enter(deadline(started, checkout_timeout)) {
-            Entry::Ready(idle) => {
-                let permit = Permit::adopt(&self.queue);
-                let conn = self.take_or_open(idle, started).await?;
-                (permit, conn)
-            }
+        let idle = match self.queue.enter(deadline(started, checkout_timeout)) {
+            Entry::Ready(idle) => idle,
             Entry::Wait(wait) => {
                 let waiting = Waiting::enter(&self.waiting, &self.wait_clock);
                 let grant = wait.await;
                 drop(waiting);
                 match grant {
                     // Given back a moment ago, never idle: nothing to check.
-                    Grant::Item(handed) => (Permit::adopt(&self.queue), handed.conn),
-                    Grant::Permit => {
-                        let permit = Permit::adopt(&self.queue);
-                        let idle = self.queue.pop_idle();
-                        let conn = self.take_or_open(idle, started).await?;
-                        (permit, conn)
-                    }
+                    Grant::Item(handed) => return Ok(self.lend(handed.conn, started)),
+                    Grant::Permit => self.queue.pop_idle(),
                     Grant::Expired => return Err(self.timed_out()),
                 }
             }
         };
+        // The permit is this checkout's now: given back if it fails or is
+        // dropped before it lends a connection.
+        let permit = Permit::adopt(&self.queue);
+        let verdict = idle.map_or(IdleVerdict::Closed, |idle| self.usable_now(idle));
+        let conn = match verdict {
+            IdleVerdict::Usable(conn) => conn,
+            // An idle connection due for a round trip, or none usable: the
+            // rare paths, boxed so that they do not size every checkout's
+            // future (and with it every request's) by their own awaits.
+            IdleVerdict::Due(due) => Box::pin(self.take_or_open(Some(due), started)).await?,
+            IdleVerdict::Closed => Box::pin(self.take_or_open(None, started)).await?,
+        };
         permit.hand_on();
+        Ok(self.lend(conn, started))
+    }
+
+    /// Counts `conn` as checked out and wraps it for the caller.
+    fn lend(self: &Arc<Self>, conn: ServerConnection, started: Instant) -> PooledConnection {
         self.active.fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.checkouts);
         self.metrics
             .checkout_waited(started.elapsed().as_secs_f64());
-        Ok(PooledConnection::new(conn, Arc::clone(self)))
+        PooledConnection::new(conn, Arc::clone(self))
+    }
+
+    /// The checks of an idle connection that need no round trip.
+    fn usable_now(&self, idle: IdleConnection) -> IdleVerdict {
+        match self.check_without_round_trip(&idle) {
+            Ok(false) => IdleVerdict::Usable(idle.conn),
+            Ok(true) => IdleVerdict::Due(idle),
+            Err(reason) => {
+                self.close(idle.conn, reason);
+                IdleVerdict::Closed
+            }
+        }
     }
 
     fn timed_out(&self) -> PoolError {
@@ -149,8 +179,18 @@ impl Pool {
     }
 
     async fn validate(&self, idle: &mut IdleConnection) -> Result<(), CloseReason> {
-        // One clock read and one settings load for both checks (copied out:
-        // the ping below awaits).
+        if self.check_without_round_trip(idle)? {
+            health::ping(&mut idle.conn, PING_TIMEOUT)
+                .await
+                .map_err(CloseReason::Broken)?;
+        }
+        Ok(())
+    }
+
+    /// Lifetime and liveness of an idle connection; true when it has been
+    /// idle for `health_check_after` and needs a round trip as well.
+    fn check_without_round_trip(&self, idle: &IdleConnection) -> Result<bool, CloseReason> {
+        // One clock read and one settings load for both checks.
         let now = Instant::now();
         let (max_lifetime, health_check_after) = {
             let settings = self.settings.load();
@@ -160,12 +200,7 @@ impl Pool {
             return Err(CloseReason::Lifetime);
         }
         health::check_alive(&idle.conn).map_err(CloseReason::Broken)?;
-        if now.saturating_duration_since(idle.since) >= health_check_after {
-            health::ping(&mut idle.conn, PING_TIMEOUT)
-                .await
-                .map_err(CloseReason::Broken)?;
-        }
-        Ok(())
+        Ok(now.saturating_duration_since(idle.since) >= health_check_after)
     }
 
     /// Opens and logs in a new connection with the pool's user, database
