@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Pool;
-use super::health::{self, HealthError};
+use super::health;
 use super::idle::IdleConnection;
 use super::lifecycle::CloseReason;
 use super::stats::bump;
@@ -13,7 +13,8 @@ use crate::backend::ServerConnection;
 impl Pool {
     /// A checked-out connection comes back idle, with its permit: to the
     /// oldest waiting checkout or onto the idle stack, unless it has
-    /// reached `max_lifetime` or holds unread server bytes.
+    /// reached `max_lifetime` or fails the liveness check (unread server
+    /// bytes, a closed socket).
     pub(super) fn checkin_connection(&self, mut conn: ServerConnection) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         // One clock read for the lifetime check and the idle stamp.
@@ -23,11 +24,11 @@ impl Pool {
         } else if self.node.over_budget() {
             // The budget share shrank (a peer joined): close down to it.
             self.close(conn, CloseReason::Discarded);
-        } else if !conn.pending.is_empty() {
-            // Not idle after all: whatever those bytes are, the next
-            // transaction must not read them.
-            let unread = HealthError::UnexpectedData(conn.pending.len());
-            self.close(conn, CloseReason::Broken(unread));
+        } else if let Err(broken) = health::check_alive(&conn) {
+            // Not idle after all (unread bytes: whatever they are, the next
+            // transaction must not read them), or closed. Checked here too
+            // because a waiting checkout takes the connection as it is.
+            self.close(conn, CloseReason::Broken(broken));
         } else {
             // A large result or request grew the buffers; idle, the
             // connection keeps only the usual size.
