@@ -337,15 +337,41 @@ impl<T: Send + 'static> Drop for Permit<'_, T> {
 
 /// Expires waiters at their deadlines; runs while anyone waits.
 async fn watchdog<T: Send + 'static>(queue: Arc<Queue<T>>) {
+    let mut gone = WatchdogGone {
+        queue: &queue,
+        stopped: false,
+    };
     loop {
         let (expired, next) = queue.expire(Instant::now());
         expired.into_iter().for_each(Waker::wake);
         let Some(next) = next else {
+            // `expire` marked the watchdog gone under the lock.
+            gone.stopped = true;
             return;
         };
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             () = queue.rearm.notified() => {}
+        }
+    }
+}
+
+/// Marks the watchdog gone if its task is dropped while waiters remain
+/// (its runtime shut down), so the next waiter starts another.
+struct WatchdogGone<'a, T> {
+    queue: &'a Queue<T>,
+    stopped: bool,
+}
+
+impl<T> Drop for WatchdogGone<'_, T> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let mut state = self
+                .queue
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            state.watchdog = None;
         }
     }
 }
@@ -500,6 +526,31 @@ mod tests {
         long.abort();
         let _ = long.await;
         assert_eq!(queue.available(), 0, "the holder still has its permit");
+    }
+
+    #[test]
+    fn a_watchdog_lost_with_its_runtime_is_started_again() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let queue = Queue::<u32>::new(1);
+        let first = runtime();
+        first.block_on(async {
+            assert!(queue.try_permit());
+            let wait = waiting(queue.enter(later(60_000)));
+            // The watchdog starts and sleeps until the deadline a minute on.
+            tokio::task::yield_now().await;
+            drop(wait);
+        });
+        drop(first);
+        runtime().block_on(async {
+            let wait = waiting(queue.enter(later(100)));
+            let grant = tokio::time::timeout(Duration::from_secs(5), wait).await;
+            assert!(matches!(grant, Ok(Grant::Expired)), "{grant:?}");
+        });
     }
 
     #[tokio::test]
