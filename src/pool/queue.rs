@@ -108,9 +108,13 @@ impl<T: Send + 'static> Queue<T> {
             grant: None,
         });
         match state.watchdog {
+            // Outside a runtime nothing could await the wait either; no
+            // panic here, with the waiter already queued.
             None => {
-                state.watchdog = Some(deadline);
-                tokio::spawn(watchdog(Arc::clone(self)));
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    state.watchdog = Some(deadline);
+                    runtime.spawn(watchdog(Arc::clone(self)));
+                }
             }
             Some(wakes) if deadline < wakes => self.rearm.notify_one(),
             Some(_) => {}
@@ -138,7 +142,7 @@ impl<T: Send + 'static> Queue<T> {
     }
 
     /// Gives back a permit together with `item`: to the oldest waiter, or
-    /// onto the idle stack (`idle` makes the item as it goes idle).
+    /// onto the idle stack.
     pub fn give_back(&self, item: T) {
         let waker = {
             let mut state = self.lock();
