@@ -317,7 +317,16 @@ pub(super) fn plainly_without_effects(sql: &[u8]) -> bool {
 }
 
 /// Each telltale word's first four bytes, case-folded as [`fold4`] folds.
-const TELLTALE_PREFIXES: [u32; 3] = [fold4(*b"temp"), fold4(*b"advi"), fold4(*b"set_")];
+const TELLTALE_PREFIXES: [u32; TELLTALE_WORDS.len()] = {
+    let mut prefixes = [0; TELLTALE_WORDS.len()];
+    let mut i = 0;
+    while i < prefixes.len() {
+        let word = TELLTALE_WORDS[i];
+        prefixes[i] = fold4([word[0], word[1], word[2], word[3]]);
+        i += 1;
+    }
+    prefixes
+};
 
 /// Four bytes with bit 5 set in each: ASCII letters lose their case. Other
 /// bytes may fold onto a letter, which only sends a text to the lexer.
@@ -678,6 +687,8 @@ mod tests {
         for sql in [
             "SELECT pg_advisory_lock(1)",
             "select PG_TRY_ADVISORY_LOCK(1)",
+            "SELECT SeT_CoNfIg('a', 'b', false)",
+            "SELECT 1 FROM pg_TEMP",
             "SELECT set_config('a', 'b', false)",
             "SELECT * INTO TEMP t FROM u",
             "SELECT 1 INTO pg_temp.t",
