@@ -49,9 +49,11 @@ impl Default for ClientWait {
 }
 
 impl ClientWait {
-    /// The client starts waiting for a server connection.
-    pub fn begin(&self) {
-        let micros = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+    /// The client started waiting for a server connection at `since`
+    /// (a clock read its caller made anyway).
+    pub fn begin_at(&self, since: Instant) {
+        let micros = u64::try_from(since.saturating_duration_since(self.origin).as_micros())
+            .unwrap_or(u64::MAX - 1);
         self.since.store(micros + 1, Ordering::Relaxed);
     }
 
@@ -180,7 +182,7 @@ mod tests {
     fn a_wait_is_timed_until_it_ends() {
         let wait = ClientWait::default();
         assert_eq!(wait.waited(), None);
-        wait.begin();
+        wait.begin_at(Instant::now());
         std::thread::sleep(Duration::from_millis(20));
         let waited = wait.waited().unwrap();
         assert!(waited >= Duration::from_millis(20), "{waited:?}");

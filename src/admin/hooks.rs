@@ -32,6 +32,9 @@ pub struct Traffic {
     pub prepared_hits: u64,
     /// Named statements used that had to be prepared on it first.
     pub prepared_misses: u64,
+    /// When the stretch's last ReadyForQuery came (the relay reads the
+    /// clock there anyway): where the stretch ended, for its duration.
+    pub ready_at: Option<Instant>,
 }
 
 impl Traffic {
@@ -91,8 +94,14 @@ fn client_info(
 }
 
 /// A transaction-pooled stretch (a transaction, or a pinned run of them)
-/// ended: counted with its duration and traffic, which is reset.
-pub fn stretch_ended(shared: &Shared, pool: &Pool, traffic: &mut Traffic, started: Instant) {
+/// that began at `started` ended: counted with its duration and traffic,
+/// which is reset. Returns when it ended (its last ReadyForQuery, or now).
+pub fn stretch_ended(
+    shared: &Shared,
+    pool: &Pool,
+    traffic: &mut Traffic,
+    started: Instant,
+) -> Instant {
     let Traffic {
         received,
         sent,
@@ -100,15 +109,19 @@ pub fn stretch_ended(shared: &Shared, pool: &Pool, traffic: &mut Traffic, starte
         query_micros,
         prepared_hits,
         prepared_misses,
+        ready_at,
     } = std::mem::take(traffic);
+    let ended = ready_at.unwrap_or_else(Instant::now);
     let metrics = pool.metrics();
-    metrics.transaction_done(started.elapsed().as_secs_f64(), received, sent);
+    let duration = ended.saturating_duration_since(started);
+    metrics.transaction_done(duration.as_secs_f64(), received, sent);
     metrics.queries(queries, query_micros);
     shared
         .metrics
         .prepared_statements(prepared_hits, prepared_misses);
     shared.metrics.bytes_received.inc_by(received);
     shared.metrics.bytes_sent.inc_by(sent);
+    ended
 }
 
 /// An authenticated client asked for the console database: serves the

@@ -212,11 +212,7 @@ impl<'a> Login<'a> {
                 b'Z' => {
                     let (pid, secret) = key.unwrap_or_default();
                     let addr = self.addr.to_owned();
-                    let cancel_target = Arc::new(CancelTarget {
-                        addr: addr.clone(),
-                        pid,
-                        secret,
-                    });
+                    let cancel_target = Arc::new(CancelTarget::new(addr.clone(), pid, secret));
                     return Ok(ServerConnection {
                         stream,
                         addr,

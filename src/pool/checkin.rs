@@ -14,11 +14,10 @@ impl Pool {
     /// A checked-out connection comes back idle, with its permit: to the
     /// oldest waiting checkout or onto the idle stack, unless it has
     /// reached `max_lifetime` or fails the liveness check (unread server
-    /// bytes, a closed socket).
-    pub(super) fn checkin_connection(&self, mut conn: ServerConnection) {
+    /// bytes, a closed socket). `now` serves the lifetime check and the
+    /// idle stamp.
+    pub(super) fn checkin_connection(&self, mut conn: ServerConnection, now: Instant) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        // One clock read for the lifetime check and the idle stamp.
-        let now = Instant::now();
         if self.outlived(conn.created, now) {
             self.close(conn, CloseReason::Lifetime);
         } else if self.node.over_budget() {

@@ -50,17 +50,27 @@ impl Pool {
     ///
     /// Cancel-safe: dropping the future frees whatever it had reserved.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, PoolError> {
-        let started = Instant::now();
+        self.checkout_since(Instant::now()).await
+    }
+
+    /// [`Self::checkout`] for a caller that has just read the clock:
+    /// `started` is when it asked (the timeout and the wait count from it).
+    pub async fn checkout_since(
+        self: &Arc<Self>,
+        started: Instant,
+    ) -> Result<PooledConnection, PoolError> {
         let checkout_timeout = self.settings.load().checkout_timeout;
         let idle = match self.queue.enter(deadline(started, checkout_timeout)) {
             Entry::Ready(idle) => idle,
             Entry::Wait(wait) => {
-                let waiting = Waiting::enter(&self.waiting, &self.wait_clock);
+                let waiting = Waiting::enter(&self.waiting, &self.wait_clock, started);
                 let grant = wait.await;
                 drop(waiting);
                 match grant {
                     // Given back a moment ago, never idle: nothing to check.
-                    Grant::Item(handed) => return Ok(self.lend(handed.conn, started)),
+                    Grant::Item(handed) => {
+                        return Ok(self.lend(handed.conn, started, Instant::now()));
+                    }
                     Grant::Permit => self.queue.pop_idle(),
                     Grant::Expired => return Err(self.timed_out()),
                 }
@@ -69,31 +79,48 @@ impl Pool {
         // The permit is this checkout's now: given back if it fails or is
         // dropped before it lends a connection.
         let permit = Permit::adopt(&self.queue);
-        let verdict = idle.map_or(IdleVerdict::Closed, |idle| self.usable_now(idle));
+        // Read when the wait ended; `started` where nothing was awaited
+        // (the same moment, give or take the queue's lock).
+        let mut lent_at = started;
+        let verdict = idle.map_or(IdleVerdict::Closed, |idle| self.usable_now(idle, started));
         let conn = match verdict {
             IdleVerdict::Usable(conn) => conn,
             // An idle connection due for a round trip, or none usable: the
             // rare paths, boxed so that they do not size every checkout's
             // future (and with it every request's) by their own awaits.
-            IdleVerdict::Due(due) => Box::pin(self.take_or_open(Some(due), started)).await?,
-            IdleVerdict::Closed => Box::pin(self.take_or_open(None, started)).await?,
+            IdleVerdict::Due(due) => {
+                let conn = Box::pin(self.take_or_open(Some(due), started)).await?;
+                lent_at = Instant::now();
+                conn
+            }
+            IdleVerdict::Closed => {
+                let conn = Box::pin(self.take_or_open(None, started)).await?;
+                lent_at = Instant::now();
+                conn
+            }
         };
         permit.hand_on();
-        Ok(self.lend(conn, started))
+        Ok(self.lend(conn, started, lent_at))
     }
 
-    /// Counts `conn` as checked out and wraps it for the caller.
-    fn lend(self: &Arc<Self>, conn: ServerConnection, started: Instant) -> PooledConnection {
+    /// Counts `conn` as checked out (asked for at `started`, handed out
+    /// at `lent_at`) and wraps it for the caller.
+    fn lend(
+        self: &Arc<Self>,
+        conn: ServerConnection,
+        started: Instant,
+        lent_at: Instant,
+    ) -> PooledConnection {
         self.active.fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.checkouts);
         self.metrics
-            .checkout_waited(started.elapsed().as_secs_f64());
-        PooledConnection::new(conn, Arc::clone(self))
+            .checkout_waited(lent_at.saturating_duration_since(started).as_secs_f64());
+        PooledConnection::new(conn, Arc::clone(self), lent_at)
     }
 
-    /// The checks of an idle connection that need no round trip.
-    fn usable_now(&self, idle: IdleConnection) -> IdleVerdict {
-        match self.check_without_round_trip(&idle) {
+    /// The checks of an idle connection that need no round trip, as of `now`.
+    fn usable_now(&self, idle: IdleConnection, now: Instant) -> IdleVerdict {
+        match self.check_without_round_trip(&idle, now) {
             Ok(false) => IdleVerdict::Usable(idle.conn),
             Ok(true) => IdleVerdict::Due(idle),
             Err(reason) => {
@@ -179,7 +206,7 @@ impl Pool {
     }
 
     async fn validate(&self, idle: &mut IdleConnection) -> Result<(), CloseReason> {
-        if self.check_without_round_trip(idle)? {
+        if self.check_without_round_trip(idle, Instant::now())? {
             health::ping(&mut idle.conn, PING_TIMEOUT)
                 .await
                 .map_err(CloseReason::Broken)?;
@@ -187,11 +214,15 @@ impl Pool {
         Ok(())
     }
 
-    /// Lifetime and liveness of an idle connection; true when it has been
-    /// idle for `health_check_after` and needs a round trip as well.
-    fn check_without_round_trip(&self, idle: &IdleConnection) -> Result<bool, CloseReason> {
-        // One clock read and one settings load for both checks.
-        let now = Instant::now();
+    /// Lifetime and liveness of an idle connection as of `now`; true when
+    /// it has been idle for `health_check_after` and needs a round trip as
+    /// well.
+    fn check_without_round_trip(
+        &self,
+        idle: &IdleConnection,
+        now: Instant,
+    ) -> Result<bool, CloseReason> {
+        // One settings load for both checks.
         let (max_lifetime, health_check_after) = {
             let settings = self.settings.load();
             (settings.max_lifetime, settings.health_check_after)

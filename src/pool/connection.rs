@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Pool;
 use crate::backend::ServerConnection;
@@ -24,14 +25,22 @@ pub struct PooledConnection {
     /// Holds one of the pool's permits until checkin, discard or drop
     /// give it back (with the connection, or after closing it).
     pool: Arc<Pool>,
+    lent_at: Instant,
 }
 
 impl PooledConnection {
-    pub(super) fn new(conn: ServerConnection, pool: Arc<Pool>) -> Self {
+    pub(super) fn new(conn: ServerConnection, pool: Arc<Pool>, lent_at: Instant) -> Self {
         Self {
             conn: Some(conn),
             pool,
+            lent_at,
         }
+    }
+
+    /// When the checkout handed it out (the clock read the checkout made
+    /// anyway, for a caller timing its use).
+    pub fn lent_at(&self) -> Instant {
+        self.lent_at
     }
 
     /// The pool this connection belongs to.
@@ -43,9 +52,15 @@ impl PooledConnection {
     /// that it is idle (ReadyForQuery 'I' was the last message) with no
     /// session state left that the next user must not see. A connection
     /// past `max_lifetime` is closed instead.
-    pub fn checkin(mut self) {
+    pub fn checkin(self) {
+        self.checkin_at(Instant::now());
+    }
+
+    /// [`Self::checkin`] for a caller that has just read the clock: `now`
+    /// stamps when the connection went idle.
+    pub fn checkin_at(mut self, now: Instant) {
         if let Some(conn) = self.conn.take() {
-            self.pool.checkin_connection(conn);
+            self.pool.checkin_connection(conn, now);
         }
     }
 

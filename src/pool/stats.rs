@@ -141,12 +141,18 @@ impl WaitClock {
         })
     }
 
-    /// Claims a slot holding now; `None` when all are taken.
-    fn start(&self) -> Option<usize> {
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+    /// Claims a slot holding `since`; `None` when all are taken.
+    fn start(&self, since: Instant) -> Option<usize> {
+        let nanos = u64::try_from(since.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            + 1;
+        // A plain load first: with many waiters most slots are taken, and a
+        // failed compare-and-swap costs as much as one that succeeds.
         self.slots.iter().position(|slot| {
-            slot.compare_exchange(0, nanos, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            slot.load(Ordering::Relaxed) == 0
+                && slot
+                    .compare_exchange(0, nanos, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
         })
     }
 }
@@ -160,14 +166,14 @@ pub(super) struct Waiting<'a> {
 }
 
 impl<'a> Waiting<'a> {
-    /// Adds one to `gauge` and starts a clock in `clock` until the
-    /// returned guard is dropped.
-    pub fn enter(gauge: &'a AtomicUsize, clock: &'a WaitClock) -> Self {
+    /// Adds one to `gauge` and records in `clock` that a wait began at
+    /// `since`, until the returned guard is dropped.
+    pub fn enter(gauge: &'a AtomicUsize, clock: &'a WaitClock, since: Instant) -> Self {
         gauge.fetch_add(1, Ordering::Relaxed);
         Self {
             gauge,
             clock,
-            slot: clock.start(),
+            slot: clock.start(since),
         }
     }
 }
@@ -190,9 +196,9 @@ mod tests {
         let gauge = AtomicUsize::new(0);
         let clock = WaitClock::default();
         assert_eq!(clock.longest(), Duration::ZERO);
-        let first = Waiting::enter(&gauge, &clock);
+        let first = Waiting::enter(&gauge, &clock, Instant::now());
         std::thread::sleep(Duration::from_millis(30));
-        let second = Waiting::enter(&gauge, &clock);
+        let second = Waiting::enter(&gauge, &clock, Instant::now());
         assert!(clock.longest() >= Duration::from_millis(30));
         drop(first);
         assert!(clock.longest() < Duration::from_millis(30));
@@ -201,7 +207,7 @@ mod tests {
         assert_eq!(clock.longest(), Duration::ZERO);
         // More waiters than slots: the first ones are timed.
         let many: Vec<_> = (0..WAIT_SLOTS + 3)
-            .map(|_| Waiting::enter(&gauge, &clock))
+            .map(|_| Waiting::enter(&gauge, &clock, Instant::now()))
             .collect();
         assert!(many[..WAIT_SLOTS].iter().all(|w| w.slot.is_some()));
         assert!(many[WAIT_SLOTS..].iter().all(|w| w.slot.is_none()));

@@ -136,7 +136,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
             return;
         }
     };
-    let registration = shared.cancels.register(Arc::clone(&server.cancel_target));
+    let registration = shared.cancels.register(Some(&server.cancel_target));
     let key = registration.key();
     let mut greeting = std::mem::take(&mut server.startup_messages);
     messages::backend_key_data(&mut greeting, key.pid, key.secret);
@@ -175,7 +175,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         match reattach(&shared, &settings, &params, secret.as_ref()).await {
             Ok((next, unit)) => {
                 tracing::info!(%peer, user, from = %server.addr, to = %next.addr, "session moved to a new server connection");
-                registration.retarget(&next.cancel_target);
+                registration.link(&next.cancel_target);
                 server = next;
                 // The old unit goes back as the new one is held.
                 _budget_unit = unit;

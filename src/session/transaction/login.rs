@@ -14,7 +14,7 @@ use super::{as_fatal, pool_error_bytes, pool_settings};
 use crate::backend::Secret;
 use crate::backend::query::{self as internal, InternalError};
 use crate::config::Route;
-use crate::listener::cancel::{CancelTarget, Registration};
+use crate::listener::cancel::Registration;
 use crate::pool::Pool;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared};
@@ -53,26 +53,19 @@ pub(super) async fn login(
     // Clients with settings seen before are greeted without a server round
     // trip, so logins keep working while every connection is busy, and
     // while the primary is being replaced.
-    let (mut greeting, target) = match catalog.greeting(fingerprint) {
-        Some(frames) => (BytesMut::from(&frames[..]), None),
+    let mut greeting = match catalog.greeting(fingerprint) {
+        Some(frames) => BytesMut::from(&frames[..]),
         None => {
             let node = greeting_node(shared, settings).await?;
             let pool = pools.get(shared, &node);
-            let (frames, target) = first_greeting(&pool, &session_settings).await?;
+            let frames = first_greeting(&pool, &session_settings).await?;
             catalog.remember_greeting(fingerprint, frames.clone());
-            (BytesMut::from(&frames[..]), Some(target))
+            BytesMut::from(&frames[..])
         }
     };
-    let target = target.unwrap_or_else(|| {
-        Arc::new(CancelTarget {
-            addr: String::new(),
-            pid: 0,
-            secret: Bytes::new(),
-        })
-    });
-    let registration = shared.cancels.register(target);
-    // The login connection went back to the pool: nothing to cancel yet.
-    registration.set_linked(false);
+    // The login connection (if any) went back to the pool: nothing to
+    // cancel until the first transaction links one.
+    let registration = shared.cancels.register(None);
     let key = registration.key();
     messages::backend_key_data(&mut greeting, key.pid, key.secret);
     messages::ready_for_query_idle(&mut greeting);
@@ -148,10 +141,7 @@ async fn greeting_node(shared: &Shared, settings: &Settings) -> Result<String, B
 
 /// Checks out a connection, applies `settings`, and returns the
 /// ParameterStatus frames the client should see.
-async fn first_greeting(
-    pool: &Arc<Pool>,
-    settings: &SessionSettings,
-) -> Result<(Bytes, Arc<CancelTarget>), Bytes> {
+async fn first_greeting(pool: &Arc<Pool>, settings: &SessionSettings) -> Result<Bytes, Bytes> {
     let mut conn = pool
         .checkout()
         .await
@@ -169,10 +159,9 @@ async fn first_greeting(
         }
     };
     conn.settings_fingerprint = settings.fingerprint();
-    let target = Arc::clone(&conn.cancel_target);
     let frames = merge_parameters(pool.server_parameters().unwrap_or_default(), &statuses);
     conn.checkin();
-    Ok((frames.freeze(), target))
+    Ok(frames.freeze())
 }
 
 /// The pool's default ParameterStatus frames, overridden by `statuses`.

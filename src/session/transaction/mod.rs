@@ -278,8 +278,10 @@ impl TransactionSession {
             return self.flush().await;
         };
         tracing::trace!(client = self.registration.key().pid, node = %routed.pool.key().node, read, "checkout");
-        self.listed.wait.begin();
-        let checkout = routed.pool.checkout().await;
+        // One clock read for SHOW CLIENTS' wait and the checkout's own.
+        let asked = Instant::now();
+        self.listed.wait.begin_at(asked);
+        let checkout = routed.pool.checkout_since(asked).await;
         self.listed.wait.end();
         let mut conn = match checkout {
             Ok(conn) => conn,
@@ -340,15 +342,15 @@ impl TransactionSession {
         }
         // Opened on this connection; a re-run elsewhere opens it again.
         let begun = std::mem::take(&mut self.begin_held);
-        self.registration.retarget(&conn.cancel_target);
         if routed.plan.retryable {
             self.state.replay.clear();
             self.state
                 .replay
                 .extend_from_slice(&self.state.client_in[..request.len]);
         }
-        self.registration.set_linked(true);
-        let started = Instant::now();
+        self.registration.link(&conn.cancel_target);
+        let started = conn.lent_at();
+        self.state.traffic.ready_at = None;
         let end = relay::run(
             &mut self.client,
             &mut conn,
@@ -359,10 +361,11 @@ impl TransactionSession {
             routed.plan,
             limit,
             watch,
+            started,
         )
         .await;
         drop(routed.load);
-        crate::admin::hooks::stretch_ended(
+        let ended = crate::admin::hooks::stretch_ended(
             &self.shared,
             &routed.pool,
             &mut self.state.traffic,
@@ -371,14 +374,14 @@ impl TransactionSession {
         self.count_pin();
         // Pinned sessions keep their connection; everyone else's cancel
         // key must stop pointing at it before it goes back to the pool.
-        self.registration.set_linked(false);
+        self.registration.unlink();
         // The relay leaves a finished transaction's last bytes to be
         // written here, after it was counted above.
         if matches!(end, StretchEnd::Idle) && !self.flush_until_hard_stop(watch).await {
             // The client is gone, or would not read before the shutdown
             // timeout; the server's side is idle, so its connection goes
             // back as usual.
-            self.finish_stretch(conn, StretchEnd::Idle).await;
+            self.finish_stretch(conn, StretchEnd::Idle, ended).await;
             return false;
         }
         if let StretchEnd::Retry { reusable, writes } = end {
@@ -404,13 +407,13 @@ impl TransactionSession {
             if !reusable {
                 return self.server_lost(conn).await;
             }
-            return self.finish_stretch(conn, StretchEnd::Idle).await && self.flush().await;
+            return self.finish_stretch(conn, StretchEnd::Idle, ended).await && self.flush().await;
         }
         self.primary_failing_since = None;
         if routed.wrote && matches!(end, StretchEnd::Idle | StretchEnd::IdleDraining) {
             self.note_causal_lsn(&mut conn).await;
         }
-        self.finish_stretch(conn, end).await
+        self.finish_stretch(conn, end, ended).await
     }
 
     /// Picks the node for a request; `None` after answering it with an
@@ -637,7 +640,11 @@ impl TransactionSession {
                 self.state.idle_since = Some(tokio::time::Instant::now());
             }
             let idle_since = self.state.idle_since;
+            // Biased: no random branch order (a thread-local RNG draw) per
+            // transaction; the read comes last, and the two others are
+            // ready once in a session at most.
             let read = tokio::select! {
+                biased;
                 () = &mut watch.draining => {
                     self.say_goodbye().await;
                     return false;
@@ -732,8 +739,14 @@ impl TransactionSession {
         }
     }
 
-    /// Returns the connection (or not) after a stretch; false when the session ends.
-    async fn finish_stretch(&mut self, mut conn: PooledConnection, end: StretchEnd) -> bool {
+    /// Returns the connection (or not) after a stretch that `ended` (its
+    /// last ReadyForQuery); false when the session ends.
+    async fn finish_stretch(
+        &mut self,
+        mut conn: PooledConnection,
+        end: StretchEnd,
+        ended: Instant,
+    ) -> bool {
         tracing::trace!(?end, server = %conn.addr, pinned = self.state.pins.is_pinned(), "stretch ended");
         match end {
             StretchEnd::Idle | StretchEnd::IdleDraining => {
@@ -744,7 +757,7 @@ impl TransactionSession {
                     // Draining while pinned: the pinned state cannot survive.
                     conn.discard();
                 } else {
-                    conn.checkin();
+                    conn.checkin_at(ended);
                 }
                 if matches!(end, StretchEnd::IdleDraining) {
                     self.say_goodbye().await;

@@ -193,6 +193,7 @@ pub async fn run(
     plan: Plan,
     limit: usize,
     shutdown: &mut ShutdownWatch,
+    lent_at: std::time::Instant,
 ) -> StretchEnd {
     let ServerConnection {
         stream,
@@ -221,7 +222,10 @@ pub async fn run(
         at_ready: true,
         status: b'I',
         limit,
-        query_clock: None,
+        // The first request's clock starts when the connection was lent
+        // (the checkout read the clock then): one clock read fewer per
+        // transaction; what lies between is the settings' round trip, if any.
+        query_clock: Some(lent_at),
     };
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = stream.split();
@@ -661,6 +665,7 @@ impl Stretch<'_> {
                 if let Some(sent) = self.query_clock.take() {
                     let now = std::time::Instant::now();
                     self.state.traffic.query_micros += (now - sent).as_micros() as u64;
+                    self.state.traffic.ready_at = Some(now);
                     if self.state.tracker.awaits_ready() {
                         // Pipelined: the next request's answer starts now.
                         self.query_clock = Some(now);
