@@ -159,6 +159,7 @@ impl PatroniCluster {
             cluster.members.push(member);
         }
         cluster.wait_all_running(spec.members, START_TIMEOUT)?;
+        cluster.wait_all_streaming(spec, START_TIMEOUT)?;
         cluster.create_users_and_databases(spec)?;
         tracing::info!(
             members = spec.members,
@@ -396,6 +397,49 @@ impl PatroniCluster {
                     .join("\n");
                 return Err(ClusterError::Timeout {
                     what: format!("every Patroni member running ({last})\n{logs}"),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until every replica streams from the leader (and, in
+    /// synchronous mode, one is its synchronous standby). Patroni reports
+    /// replicas `running` before they stream: a leader creates their
+    /// replication slots a loop after bootstrap, and a replica refused for
+    /// a missing slot retries only after `wal_retrieve_retry_interval`
+    /// (5 s). A drill started earlier had writes acknowledged by a leader
+    /// without standbys, and Patroni then refused every replica as too far
+    /// behind to take over (`maximum_lag_on_failover`).
+    fn wait_all_streaming(
+        &self,
+        spec: &PatroniSpec,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let replicas = spec.members.saturating_sub(1);
+        let wanted_sync = usize::from(spec.synchronous_mode && replicas > 0);
+        let query = "SELECT count(*) FILTER (WHERE state = 'streaming') || ',' || \
+                     count(*) FILTER (WHERE sync_state = 'sync') FROM pg_stat_replication";
+        loop {
+            let last = match self.psql(self.leader()?, query) {
+                Ok(counts) => {
+                    let mut parts = counts
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().unwrap_or(0));
+                    let streaming = parts.next().unwrap_or(0);
+                    let sync = parts.next().unwrap_or(0);
+                    if streaming >= replicas && sync >= wanted_sync {
+                        return Ok(());
+                    }
+                    format!("{streaming}/{replicas} streaming, {sync} synchronous")
+                }
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > timeout {
+                return Err(ClusterError::Timeout {
+                    what: format!("every replica streaming from the leader ({last})"),
                     waited: timeout,
                 });
             }
