@@ -16,7 +16,7 @@ impl Pool {
     /// reached `max_lifetime` or fails the liveness check (unread server
     /// bytes, a closed socket). `now` serves the lifetime check and the
     /// idle stamp.
-    pub(super) fn checkin_connection(&self, mut conn: ServerConnection, now: Instant) {
+    pub(super) fn checkin_connection(&self, mut conn: Box<ServerConnection>, now: Instant) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         if self.outlived(conn.created, now) {
             self.close(conn, CloseReason::Lifetime);
@@ -50,21 +50,21 @@ impl Pool {
 
     /// A checked-out connection in an unknown state: closed, and its
     /// permit given back.
-    pub(super) fn discard_connection(&self, conn: ServerConnection) {
+    pub(super) fn discard_connection(&self, conn: Box<ServerConnection>) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         self.close(conn, CloseReason::Discarded);
         self.queue.release();
     }
 
     /// Closes a connection that holds a unit of `open`, and gives it back.
-    pub(super) fn close(&self, conn: ServerConnection, reason: CloseReason) {
+    pub(super) fn close(&self, conn: Box<ServerConnection>, reason: CloseReason) {
         self.retire(conn, reason);
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.node.give_back();
     }
 
     /// Counts, logs and closes `conn`; the caller settles `open`.
-    pub(super) fn retire(&self, conn: ServerConnection, reason: CloseReason) {
+    pub(super) fn retire(&self, conn: Box<ServerConnection>, reason: CloseReason) {
         bump(reason.counter(&self.counters));
         match &reason {
             CloseReason::Broken(_) => {

@@ -21,7 +21,7 @@ use crate::backend::ServerConnection;
 /// next session.
 pub struct PooledConnection {
     /// Present from checkout until checkin, discard or drop.
-    conn: Option<ServerConnection>,
+    conn: Option<Box<ServerConnection>>,
     /// Holds one of the pool's permits until checkin, discard or drop
     /// give it back (with the connection, or after closing it).
     pool: Arc<Pool>,
@@ -29,7 +29,7 @@ pub struct PooledConnection {
 }
 
 impl PooledConnection {
-    pub(super) fn new(conn: ServerConnection, pool: Arc<Pool>, lent_at: Instant) -> Self {
+    pub(super) fn new(conn: Box<ServerConnection>, pool: Arc<Pool>, lent_at: Instant) -> Self {
         Self {
             conn: Some(conn),
             pool,
@@ -88,7 +88,7 @@ impl Deref for PooledConnection {
         // Invariant: only checkin, discard and drop take the connection,
         // and the first two consume `self`.
         self.conn
-            .as_ref()
+            .as_deref()
             .expect("a PooledConnection holds its connection until checkin, discard or drop")
     }
 }
@@ -96,7 +96,7 @@ impl Deref for PooledConnection {
 impl DerefMut for PooledConnection {
     fn deref_mut(&mut self) -> &mut ServerConnection {
         self.conn
-            .as_mut()
+            .as_deref_mut()
             .expect("a PooledConnection holds its connection until checkin, discard or drop")
     }
 }

@@ -122,7 +122,7 @@ async fn expect(
 
 /// Closes `conn`: sends Terminate if the socket takes it right away (best
 /// effort, never waits), then drops the socket.
-pub(super) fn terminate(conn: ServerConnection) {
+pub(super) fn terminate(conn: Box<ServerConnection>) {
     // A partial write leaves a truncated message, which the server treats
     // like a dropped connection: no worse than not sending it.
     let _ = conn.stream.try_write(TERMINATE);

@@ -12,8 +12,10 @@ use crate::backend::ServerConnection;
 /// a burst.
 #[derive(Debug)]
 pub(super) struct IdleConnection {
-    /// The connection, idle (last ReadyForQuery 'I').
-    pub conn: ServerConnection,
+    /// The connection, idle (last ReadyForQuery 'I'). Boxed once when
+    /// opened: checkouts, hand-overs and checkins move a pointer, not the
+    /// connection, and a request's future holds one pointer for it.
+    pub conn: Box<ServerConnection>,
     /// When it was checked in or opened.
     pub since: Instant,
 }

@@ -189,7 +189,7 @@ fn with_severity(raw: &Bytes, severity: &str) -> Bytes {
 /// `make()`'s future in a box of its own, written there directly.
 ///
 /// `Box::pin(future)` builds the future on the stack and then copies all
-/// of it (a few KiB for a request, most of it not yet initialised) into
+/// of it (840 bytes for a request, most of it not yet initialised) into
 /// the box: `memmove` was the largest single item of a `perf` profile
 /// under `pgbench -S`. Allocating first and writing `make()`'s result into
 /// the uninitialised box lets the compiler build the future in place
@@ -281,37 +281,25 @@ impl TransactionSession {
         // One clock read for SHOW CLIENTS' wait and the checkout's own.
         let asked = Instant::now();
         self.listed.wait.begin_at(asked);
-        let checkout = routed.pool.checkout_since(asked).await;
-        self.listed.wait.end();
-        let mut conn = match checkout {
-            Ok(conn) => conn,
-            Err(error) if routed.plan.gated && matches!(error, PoolError::Connect(_)) => {
-                // A replica that cannot serve is not the client's problem,
-                // even when it refuses the login: one that has yet to replay
-                // a new database or role says 3D000 or 28000. The primary
-                // has the last word.
-                tracing::debug!(%error, "replica unavailable; the primary serves the read");
-                self.force_primary = true;
-                return true;
-            }
-            Err(error) if error.is_node_unavailable() && self.primary_may_be_failing() => {
-                // The primary is unreachable and the monitor may not have
-                // noticed yet: wait for its next verdict instead of failing
-                // a transaction that never started.
-                tracing::debug!(%error, "primary unreachable; waiting for the topology");
-                self.shared
-                    .topology
-                    .next_publish(Duration::from_secs(1))
-                    .await;
-                return true;
-            }
-            Err(error) => {
-                self.primary_failing_since = None;
-                self.fail_request(pool_error_bytes(&error, false));
-                return self.flush().await;
+        // This future is allocated per request: every rare path below is
+        // boxed, and the checkout's result is scoped to a block, so that
+        // neither sizes the state the relay runs in. With the pool's
+        // connections boxed too it is 840 bytes (2,304 before; measured
+        // with `-Zprint-type-sizes`), which glibc serves from its
+        // per-thread cache (chunks up to 1,032 bytes).
+        let mut conn = {
+            let checkout = routed.pool.checkout_since(asked).await;
+            self.listed.wait.end();
+            match checkout {
+                Ok(conn) => conn,
+                Err(error) => {
+                    return Box::pin(self.checkout_failed(error, routed.plan.gated)).await;
+                }
             }
         };
-        if let Err(error) = self.prepare(&mut conn).await {
+        if conn.settings_fingerprint != self.settings.fingerprint()
+            && let Err(error) = Box::pin(self.prepare(&mut conn)).await
+        {
             // A replica that cannot take the session's settings (lost, or
             // refusing them: a standby refuses even `SELECT set_config(…)`
             // when serializable is the database's or role's default) is
@@ -330,7 +318,9 @@ impl TransactionSession {
             self.settings_failed(error, &key);
             return self.flush().await;
         }
-        if let Err(error) = self.open_held_transaction(&mut conn).await {
+        if self.begin_held
+            && let Err(error) = Box::pin(self.open_held_transaction(&mut conn)).await
+        {
             if routed.plan.gated && matches!(error, InternalError::Connection(_)) {
                 conn.discard();
                 self.force_primary = true;
@@ -405,15 +395,47 @@ impl TransactionSession {
             self.primary_failing_since = None;
             self.shared.metrics.errors_in(&self.state.to_client);
             if !reusable {
-                return self.server_lost(conn).await;
+                return Box::pin(self.server_lost(conn)).await;
             }
             return self.finish_stretch(conn, StretchEnd::Idle, ended).await && self.flush().await;
         }
         self.primary_failing_since = None;
-        if routed.wrote && matches!(end, StretchEnd::Idle | StretchEnd::IdleDraining) {
-            self.note_causal_lsn(&mut conn).await;
+        if routed.wrote
+            && matches!(end, StretchEnd::Idle | StretchEnd::IdleDraining)
+            && self.policy.consistency == Consistency::ReadYourWrites
+        {
+            Box::pin(self.note_causal_lsn(&mut conn)).await;
         }
         self.finish_stretch(conn, end, ended).await
+    }
+
+    /// The checkout for a request failed: the request goes to the primary
+    /// or waits for the topology (true: the session goes on and the
+    /// request is routed again), or fails with the pool's error.
+    async fn checkout_failed(&mut self, error: PoolError, gated: bool) -> bool {
+        if gated && matches!(error, PoolError::Connect(_)) {
+            // A replica that cannot serve is not the client's problem,
+            // even when it refuses the login: one that has yet to replay
+            // a new database or role says 3D000 or 28000. The primary
+            // has the last word.
+            tracing::debug!(%error, "replica unavailable; the primary serves the read");
+            self.force_primary = true;
+            return true;
+        }
+        if error.is_node_unavailable() && self.primary_may_be_failing() {
+            // The primary is unreachable and the monitor may not have
+            // noticed yet: wait for its next verdict instead of failing
+            // a transaction that never started.
+            tracing::debug!(%error, "primary unreachable; waiting for the topology");
+            self.shared
+                .topology
+                .next_publish(Duration::from_secs(1))
+                .await;
+            return true;
+        }
+        self.primary_failing_since = None;
+        self.fail_request(pool_error_bytes(&error, false));
+        self.flush().await
     }
 
     /// Picks the node for a request; `None` after answering it with an
@@ -429,7 +451,12 @@ impl TransactionSession {
             // Counted as held (gauge and total) while it waits.
             let shared = Arc::clone(&self.shared);
             let _held = shared.metrics.hold_request();
-            match wait_for_primary(&self.shared.topology, routing.failover_timeout).await {
+            // Boxed: rare, and would otherwise size every request's future.
+            let waited = Box::pin(wait_for_primary(
+                &self.shared.topology,
+                routing.failover_timeout,
+            ));
+            match waited.await {
                 Ok(_) => {
                     snapshot = self.shared.topology.load();
                     target = self.policy.choose(&snapshot, read);
@@ -480,12 +507,10 @@ impl TransactionSession {
         })
     }
 
-    /// After a write transaction, records where the primary's WAL stands,
-    /// so that this session's reads wait for a replica that has it.
+    /// After a write transaction of a session that reads its writes,
+    /// records where the primary's WAL stands, so that its reads wait for
+    /// a replica that has it.
     async fn note_causal_lsn(&mut self, conn: &mut PooledConnection) {
-        if self.policy.consistency != Consistency::ReadYourWrites {
-            return;
-        }
         match internal::query(conn, "SELECT pg_catalog.pg_current_wal_lsn()").await {
             Ok(result) => {
                 let lsn = result
@@ -585,9 +610,7 @@ impl TransactionSession {
         &mut self,
         conn: &mut PooledConnection,
     ) -> Result<(), InternalError> {
-        if self.begin_held {
-            internal::query(conn, "BEGIN").await?;
-        }
+        internal::query(conn, "BEGIN").await?;
         Ok(())
     }
 
@@ -662,11 +685,9 @@ impl TransactionSession {
         }
     }
 
-    /// Brings a freshly checked-out connection to the client's settings.
+    /// Brings a freshly checked-out connection, whose settings differ, to
+    /// the client's settings.
     async fn prepare(&mut self, conn: &mut PooledConnection) -> Result<(), InternalError> {
-        if conn.settings_fingerprint == self.settings.fingerprint() {
-            return Ok(());
-        }
         internal::query(conn, &self.settings.apply_sql()).await?;
         conn.settings_fingerprint = self.settings.fingerprint();
         Ok(())
@@ -742,6 +763,26 @@ impl TransactionSession {
     /// Returns the connection (or not) after a stretch that `ended` (its
     /// last ReadyForQuery); false when the session ends.
     async fn finish_stretch(
+        &mut self,
+        conn: PooledConnection,
+        end: StretchEnd,
+        ended: Instant,
+    ) -> bool {
+        if matches!(end, StretchEnd::Idle)
+            && !self.state.settings_dirty
+            && !self.state.pins.is_pinned()
+        {
+            // The common end: nothing to read back, nothing to say.
+            conn.checkin_at(ended);
+            return true;
+        }
+        // Boxed: the other ends await round trips and writes that would
+        // otherwise size every request's future.
+        Box::pin(self.finish_stretch_otherwise(conn, end, ended)).await
+    }
+
+    /// [`Self::finish_stretch`] for every end but the common one.
+    async fn finish_stretch_otherwise(
         &mut self,
         mut conn: PooledConnection,
         end: StretchEnd,
