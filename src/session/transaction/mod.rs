@@ -6,6 +6,7 @@
 
 mod catalog;
 mod deferred;
+mod finish;
 mod local;
 mod login;
 mod node_pools;
@@ -13,6 +14,7 @@ pub mod pins;
 mod relay;
 pub mod request;
 mod retry;
+mod route;
 mod settings;
 pub mod statements;
 mod tracker;
@@ -20,31 +22,28 @@ mod tracker;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::Secret;
 use crate::backend::query::{self as internal, InternalError};
-use crate::config::{Consistency, Route};
-use crate::listener::cancel::{Registration, send_cancel};
-use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, PooledConnection};
+use crate::config::Consistency;
+use crate::listener::cancel::Registration;
+use crate::pool::{PoolError, PoolKey, PoolSettings, PooledConnection};
 use crate::protocol::buffers;
 use crate::protocol::messages::{self, ClientError};
 use crate::proxy::{Settings, Shared, Shutdown};
-use crate::router::target::{NoPrimary, Policy, Target, wait_for_primary};
+use crate::router::target::Policy;
 use crate::tls::ClientStream;
-use crate::topology::LoadGuard;
-use crate::topology::probe::parse_lsn;
 pub use catalog::Catalogs;
 use catalog::PoolCatalog;
 use login::{invalid_route, login};
 use node_pools::NodePools;
 pub(crate) use relay::complete_frame;
-use relay::{ClientState, Plan, ShutdownWatch, StretchEnd};
-use request::Request;
-use settings::{SNAPSHOT_SQL, SessionSettings};
+use relay::{ClientState, ShutdownWatch, StretchEnd};
+use settings::SessionSettings;
 
 /// A logged-in client in transaction mode.
 pub struct TransactionSession {
@@ -197,16 +196,6 @@ fn with_severity(raw: &Bytes, severity: &str) -> Bytes {
 /// not measured alone).
 fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
-
-/// Where a request goes, decided by [`TransactionSession::route`].
-struct Routed {
-    pool: Arc<Pool>,
-    /// Counts the transaction on its node until the stretch ends.
-    load: LoadGuard,
-    plan: Plan,
-    /// Routed as a write to the primary (not a read it happens to serve).
-    wrote: bool,
 }
 
 impl TransactionSession {
@@ -409,201 +398,6 @@ impl TransactionSession {
         self.finish_stretch(conn, end, ended).await
     }
 
-    /// The checkout for a request failed: the request goes to the primary
-    /// or waits for the topology (true: the session goes on and the
-    /// request is routed again), or fails with the pool's error.
-    async fn checkout_failed(&mut self, error: PoolError, gated: bool) -> bool {
-        if gated && matches!(error, PoolError::Connect(_)) {
-            // A replica that cannot serve is not the client's problem,
-            // even when it refuses the login: one that has yet to replay
-            // a new database or role says 3D000 or 28000. The primary
-            // has the last word.
-            tracing::debug!(%error, "replica unavailable; the primary serves the read");
-            self.force_primary = true;
-            return true;
-        }
-        if error.is_node_unavailable() && self.primary_may_be_failing() {
-            // The primary is unreachable and the monitor may not have
-            // noticed yet: wait for its next verdict instead of failing
-            // a transaction that never started.
-            tracing::debug!(%error, "primary unreachable; waiting for the topology");
-            self.shared
-                .topology
-                .next_publish(Duration::from_secs(1))
-                .await;
-            return true;
-        }
-        self.primary_failing_since = None;
-        self.fail_request(pool_error_bytes(&error, false));
-        self.flush().await
-    }
-
-    /// Picks the node for a request; `None` after answering it with an
-    /// error (no primary within the failover timeout).
-    async fn route(&mut self, read: bool, request: &Request) -> Option<Routed> {
-        let routing = &self.proxy.config.routing;
-        // A guard, not an owned Arc: no reference count to touch per
-        // request. Not held across the wait below.
-        let mut snapshot = self.shared.topology.load();
-        let mut target = self.policy.choose(&snapshot, read);
-        if target == Target::AwaitPrimary {
-            drop(snapshot);
-            // Counted as held (gauge and total) while it waits.
-            let shared = Arc::clone(&self.shared);
-            let _held = shared.metrics.hold_request();
-            // Boxed: rare, and would otherwise size every request's future.
-            let waited = Box::pin(wait_for_primary(
-                &self.shared.topology,
-                routing.failover_timeout,
-            ));
-            match waited.await {
-                Ok(_) => {
-                    snapshot = self.shared.topology.load();
-                    target = self.policy.choose(&snapshot, read);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "request failed: no primary");
-                    let error = ClientError {
-                        severity: "ERROR",
-                        code: NoPrimary::SQLSTATE,
-                        message: error.to_string(),
-                    };
-                    self.fail_request(error.to_bytes().freeze());
-                    return None;
-                }
-            }
-        }
-        let (index, wrote) = match target {
-            Target::Primary(index) => (index, true),
-            Target::Replica(index) => (index, false),
-            Target::AwaitPrimary => {
-                // The primary vanished again between two loads: try again later.
-                let error = ClientError {
-                    severity: "ERROR",
-                    code: NoPrimary::SQLSTATE,
-                    message: "the primary changed while the request waited; retry".into(),
-                };
-                self.fail_request(error.to_bytes().freeze());
-                return None;
-            }
-        };
-        if self.policy.read_your_writes_fallback(&snapshot, target) {
-            self.shared.metrics.read_your_writes_fallback();
-        }
-        let member = &snapshot.members[index];
-        let on_primary = snapshot.primary == Some(index);
-        let plan = Plan {
-            gated: !on_primary,
-            retryable: (!on_primary || self.within_failover_window())
-                && routing.retry_on_primary
-                && request.replayable
-                && request.len > 0,
-        };
-        Some(Routed {
-            pool: self.pools.get(&self.shared, &member.addr),
-            load: member.load.start(),
-            plan,
-            wrote,
-        })
-    }
-
-    /// After a write transaction of a session that reads its writes,
-    /// records where the primary's WAL stands, so that its reads wait for
-    /// a replica that has it.
-    async fn note_causal_lsn(&mut self, conn: &mut PooledConnection) {
-        match internal::query(conn, "SELECT pg_catalog.pg_current_wal_lsn()").await {
-            Ok(result) => {
-                let lsn = result
-                    .rows
-                    .first()
-                    .and_then(|row| row.first())
-                    .and_then(|text| parse_lsn(text));
-                if lsn.is_some() {
-                    self.policy.causal_lsn = lsn.max(self.policy.causal_lsn);
-                }
-            }
-            Err(error) => {
-                tracing::debug!(%error, "could not read the write's LSN; reads go to the primary");
-                self.policy.causal_lsn = Some(u64::MAX);
-            }
-        }
-    }
-
-    /// Answers `SET switchyard.route = …` (and RESET) without a server,
-    /// with ReadyForQuery `status`.
-    fn answer_route_setting(&mut self, status: u8) -> bool {
-        let limit = self.proxy.config.server.max_message_size;
-        let Ok(Some((b'Q', len))) = relay::complete_frame(&self.state.client_in, limit) else {
-            return false;
-        };
-        // Looked at in place: most requests are not ours, and stay as they are.
-        let body = &self.state.client_in[5..len];
-        let sql = body.strip_suffix(b"\0").unwrap_or(body);
-        let Some(value) = crate::router::access::route_setting(sql) else {
-            return false;
-        };
-        let value = String::from_utf8_lossy(value).into_owned();
-        let reset = sql
-            .trim_ascii_start()
-            .get(..5)
-            .is_some_and(|w| w.eq_ignore_ascii_case(b"reset"));
-        self.state.client_in.advance(len);
-        match Route::parse(&value) {
-            Some(route) => {
-                self.policy.route = route;
-                let verb = if reset { "RESET" } else { "SET" };
-                messages::command_complete(&mut self.state.to_client, verb);
-            }
-            None => {
-                let error = ClientError {
-                    severity: "ERROR",
-                    code: "22023",
-                    message: invalid_route(&value),
-                };
-                self.shared.metrics.error(error.code);
-                error.encode(&mut self.state.to_client);
-            }
-        }
-        messages::ready_for_query(&mut self.state.to_client, status);
-        true
-    }
-
-    /// Holds a bare BEGIN back (answering it), or answers the COMMIT or
-    /// ROLLBACK of a held BEGIN's transaction that did nothing; true when
-    /// it answered.
-    fn answer_transaction_control(&mut self) -> bool {
-        use crate::router::control::Control;
-        if !self.begin_held && !self.routes_by_statement() {
-            return false;
-        }
-        let limit = self.proxy.config.server.max_message_size;
-        let Some(lone) = deferred::lone(&self.state.client_in, limit, &self.state.statements)
-        else {
-            return false;
-        };
-        let status = match (self.begin_held, lone.control) {
-            (false, Control::Begin) if self.may_hold_begin() => b'T',
-            (true, Control::Commit | Control::Rollback) => b'I',
-            // A second BEGIN (PostgreSQL warns), or an end without a
-            // transaction: the server's answer is the true one.
-            _ => return false,
-        };
-        self.begin_held = status == b'T';
-        deferred::answer(&mut self.state, lone, status, &self.proxy.write_functions);
-        true
-    }
-
-    /// Holding a BEGIN back only helps when its transaction might go to a
-    /// replica: routing is on and the session routes by statement.
-    fn may_hold_begin(&self) -> bool {
-        self.routes_by_statement() && !self.force_primary && !self.settings.read_only_by_default()
-    }
-
-    /// Routing is on and the session's route is `auto`.
-    fn routes_by_statement(&self) -> bool {
-        self.policy.enabled && self.policy.route == Route::Auto
-    }
-
     /// Opens the transaction of a held BEGIN on the connection its first
     /// request got.
     async fn open_held_transaction(
@@ -748,210 +542,4 @@ impl TransactionSession {
         self.state.to_client.clear();
         written
     }
-
-    fn count_pin(&mut self) {
-        if let Some(reason) = self.state.new_pin.take() {
-            self.shared.pins.count(reason);
-            tracing::debug!(
-                ?reason,
-                client = self.registration.key().pid,
-                "client pinned to its server connection"
-            );
-        }
-    }
-
-    /// Returns the connection (or not) after a stretch that `ended` (its
-    /// last ReadyForQuery); false when the session ends.
-    async fn finish_stretch(
-        &mut self,
-        conn: PooledConnection,
-        end: StretchEnd,
-        ended: Instant,
-    ) -> bool {
-        if matches!(end, StretchEnd::Idle)
-            && !self.state.settings_dirty
-            && !self.state.pins.is_pinned()
-        {
-            // The common end: nothing to read back, nothing to say.
-            conn.checkin_at(ended);
-            return true;
-        }
-        // Boxed: the other ends await round trips and writes that would
-        // otherwise size every request's future.
-        Box::pin(self.finish_stretch_otherwise(conn, end, ended)).await
-    }
-
-    /// [`Self::finish_stretch`] for every end but the common one.
-    async fn finish_stretch_otherwise(
-        &mut self,
-        mut conn: PooledConnection,
-        end: StretchEnd,
-        ended: Instant,
-    ) -> bool {
-        tracing::trace!(?end, server = %conn.addr, pinned = self.state.pins.is_pinned(), "stretch ended");
-        match end {
-            StretchEnd::Idle | StretchEnd::IdleDraining => {
-                if self.state.settings_dirty {
-                    self.snapshot_settings(&mut conn).await;
-                }
-                if self.state.pins.is_pinned() {
-                    // Draining while pinned: the pinned state cannot survive.
-                    conn.discard();
-                } else {
-                    conn.checkin_at(ended);
-                }
-                if matches!(end, StretchEnd::IdleDraining) {
-                    self.say_goodbye().await;
-                    return false;
-                }
-                true
-            }
-            StretchEnd::IdleTimeout => {
-                // Only a pinned client idles inside a stretch; its pinned
-                // state (temp tables, LISTEN, ...) cannot outlive it.
-                conn.discard();
-                self.close_idle().await;
-                false
-            }
-            StretchEnd::Terminate => {
-                let reusable = !self.state.pins.is_pinned() && self.state.tracker.is_empty();
-                if reusable {
-                    conn.checkin();
-                } else {
-                    conn.discard();
-                }
-                false
-            }
-            StretchEnd::ClientGone | StretchEnd::ClientProtocol(_) | StretchEnd::HardStop => {
-                if !self.state.tracker.is_empty() {
-                    send_cancel(&conn.cancel_target).await;
-                }
-                conn.discard();
-                let message = match end {
-                    StretchEnd::ClientProtocol(error) => {
-                        crate::session::SessionError::Protocol(error).to_client()
-                    }
-                    StretchEnd::HardStop => Some(shutdown_error()),
-                    _ => None,
-                };
-                if let Some(message) = message {
-                    self.shared.metrics.errors_in(&message);
-                    let _ = self.client.write_all(&self.state.to_client).await;
-                    let _ = self.client.write_all(&message).await;
-                }
-                false
-            }
-            StretchEnd::ServerLost => self.server_lost(conn).await,
-            // Handled before the stretch is finished.
-            StretchEnd::Retry { .. } => {
-                conn.discard();
-                true
-            }
-            StretchEnd::ServerProtocol(error) => {
-                tracing::warn!(%error, server = %conn.addr, "server sent an invalid message");
-                self.server_lost(conn).await
-            }
-        }
-    }
-
-    /// The server connection died mid-stretch: the client gets an error for
-    /// what was in flight and keeps its connection.
-    async fn server_lost(&mut self, conn: PooledConnection) -> bool {
-        let addr = conn.addr.clone();
-        conn.discard();
-        let pending = self.state.tracker.pending_ready();
-        self.state.tracker.clear();
-        self.state.pins = Default::default();
-        self.state.client_in.clear();
-        // The request in flight may have been committing (an autocommit
-        // statement, or COMMIT): then nobody can know whether it committed,
-        // which PostgreSQL calls transaction_resolution_unknown.
-        let error = ClientError {
-            severity: "ERROR",
-            code: "08007",
-            message: format!(
-                "connection to server {addr} was lost while a request was in flight: an open transaction was rolled back, but a commit in flight may or may not have happened"
-            ),
-        };
-        if pending == 0 {
-            // Nothing was in flight, but the client was in a transaction or
-            // pinned: its next request learns that the state is gone.
-            let said = self.state.lost_connection_error.take();
-            let code = match said.as_deref() {
-                Some(frame) if frame.windows(7).any(|w| w == b"C57P01\0") => "57P01",
-                _ => "08006",
-            };
-            let owed = ClientError {
-                severity: "ERROR",
-                code,
-                message: format!(
-                    "connection to server {addr} was lost; the open transaction and session state on it are gone"
-                ),
-            };
-            self.state.owed_error = Some(owed.to_bytes().freeze());
-            return self.flush().await;
-        }
-        self.state.lost_connection_error = None;
-        // A FATAL the server sent is relayed as it came; follow it with what
-        // the client still waits for.
-        let server_said_fatal = self.state.to_client.windows(7).any(|w| w == b"SFATAL\0");
-        if !server_said_fatal {
-            self.shared.metrics.error(error.code);
-            error.encode(&mut self.state.to_client);
-        }
-        for _ in 0..pending {
-            messages::ready_for_query_idle(&mut self.state.to_client);
-        }
-        self.flush().await
-    }
-
-    async fn snapshot_settings(&mut self, conn: &mut PooledConnection) {
-        self.state.settings_dirty = false;
-        match internal::query(conn, SNAPSHOT_SQL).await {
-            Ok(result) => {
-                let pairs = result
-                    .rows
-                    .into_iter()
-                    .filter_map(|row| {
-                        let mut columns = row.into_iter();
-                        Some((columns.next()?, columns.next()?))
-                    })
-                    .collect();
-                self.settings = SessionSettings::from_pairs(pairs);
-                conn.settings_fingerprint = self.settings.fingerprint();
-            }
-            Err(error) => {
-                tracing::warn!(%error, "could not read back session settings");
-                conn.settings_fingerprint = u64::MAX;
-            }
-        }
-    }
-
-    /// Closes a client idle past `server.client_idle_timeout` (57P05).
-    async fn close_idle(&mut self) {
-        tracing::debug!(
-            client = self.registration.key().pid,
-            "client closed after server.client_idle_timeout"
-        );
-        let error = crate::session::idle::error();
-        self.shared.metrics.errors_in(&error);
-        let _ = self.client.write_all(&error).await;
-        let _ = self.client.shutdown().await;
-    }
-
-    async fn say_goodbye(&mut self) {
-        let error = shutdown_error();
-        self.shared.metrics.errors_in(&error);
-        let _ = self.client.write_all(&error).await;
-        let _ = self.client.shutdown().await;
-    }
-}
-
-fn shutdown_error() -> Bytes {
-    ClientError::fatal(
-        "57P01",
-        "terminating connection because switchyard is shutting down",
-    )
-    .to_bytes()
-    .freeze()
 }
