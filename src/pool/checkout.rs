@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::idle::IdleConnection;
 use super::lifecycle::CloseReason;
 use super::parameters::parameter_status_frames;
-use super::queue::{Entry, Grant, Permit, Wait};
+use super::queue::{Entry, Grant, Permit};
 use super::slot::{Full, OpenSlot};
 use super::stats::{Waiting, bump};
 use super::{Pool, PoolError, PooledConnection, health};
@@ -32,14 +32,6 @@ fn deadline(started: Instant, timeout: Duration) -> tokio::time::Instant {
 
 /// A checkout's rare path: a health check round trip, or opening a connection.
 type Opening<'a> = Pin<Box<dyn Future<Output = Result<PooledConnection, PoolError>> + Send + 'a>>;
-
-/// Where a checkout stands before it awaits anything.
-enum Step<'a> {
-    /// Waiting in the queue.
-    Wait(Wait<'a, IdleConnection>),
-    /// Holding a permit, on the rare path.
-    Open(Opening<'a>),
-}
 
 /// What a checkout holding a permit does next.
 enum Next<'a> {
@@ -81,20 +73,9 @@ impl Pool {
         started: Instant,
     ) -> Result<PooledConnection, PoolError> {
         let checkout_timeout = self.settings.load().checkout_timeout;
-        // What the queue said is turned into a small `Step` before anything
-        // is awaited, and the rare path is boxed: this future is part of
-        // every request's (136 bytes, from 640 with the entry held across
-        // the wait and the rare path inline).
-        let step = match self.queue.enter(deadline(started, checkout_timeout)) {
-            Entry::Ready(idle) => match self.with_permit(idle, started, started) {
-                Next::Lent(conn) => return Ok(conn),
-                Next::Open(open) => Step::Open(open),
-            },
-            Entry::Wait(wait) => Step::Wait(wait),
-        };
-        let open = match step {
-            Step::Open(open) => open,
-            Step::Wait(wait) => {
+        let (idle, now) = match self.queue.enter(deadline(started, checkout_timeout)) {
+            Entry::Ready(idle) => (idle, started),
+            Entry::Wait(wait) => {
                 let waiting = Waiting::enter(&self.waiting, &self.wait_clock, started);
                 let grant = wait.await;
                 drop(waiting);
@@ -102,15 +83,17 @@ impl Pool {
                 match grant {
                     // Given back a moment ago, never idle: nothing to check.
                     Grant::Item(handed) => return Ok(self.lend(handed.conn, started, now)),
-                    Grant::Permit => match self.with_permit(self.queue.pop_idle(), started, now) {
-                        Next::Lent(conn) => return Ok(conn),
-                        Next::Open(open) => open,
-                    },
+                    Grant::Permit => (self.queue.pop_idle(), now),
                     Grant::Expired => return Err(self.timed_out()),
                 }
             }
         };
-        open.await
+        match self.with_permit(idle, started, now) {
+            Next::Lent(conn) => Ok(conn),
+            // Boxed: the rare path's awaits would size this future, which
+            // is part of every request's.
+            Next::Open(open) => open.await,
+        }
     }
 
     /// With a permit just taken (by this checkout, asked for at `started`)

@@ -329,7 +329,6 @@ impl TransactionSession {
         }
         self.registration.link(&conn.cancel_target);
         let started = conn.lent_at();
-        self.state.traffic.ready_at = None;
         let end = relay::run(
             &mut self.client,
             &mut conn,
