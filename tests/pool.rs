@@ -246,6 +246,57 @@ async fn connection_idle_past_health_check_after_gets_a_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_connections_due_a_check_and_in_their_round_trip() {
+    let cluster = start_cluster();
+    let pool = pool(
+        &cluster,
+        PoolSettings {
+            health_check_after: Duration::from_millis(300),
+            ..settings(2)
+        },
+    );
+    let conn = pool.checkout().await.unwrap();
+    let frozen = conn.pid;
+    conn.checkin();
+    let stats = pool.stats();
+    assert_eq!((stats.idle, stats.idle_unchecked, stats.testing), (1, 0, 0));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stats = pool.stats();
+    assert_eq!((stats.idle, stats.idle_unchecked, stats.testing), (1, 1, 0));
+
+    // A stopped backend cannot answer the check's empty query: the
+    // connection is counted as tested (not idle, not opening) until the
+    // check gives up, then retired, and the checkout gets a new one.
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &frozen.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {frozen}");
+    };
+    signal("-STOP");
+    let checkout = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.checkout().await.map(|conn| conn.pid) }
+    });
+    eventually(
+        "the check's round trip counted",
+        Duration::from_secs(1),
+        || {
+            let stats = pool.stats();
+            (stats.testing, stats.idle, stats.open) == (1, 0, 1)
+        },
+    )
+    .await;
+    let pid = checkout.await.unwrap();
+    signal("-CONT");
+    let pid = pid.expect("a new connection after the failed check");
+    assert_ne!(pid, frozen);
+    let stats = pool.stats();
+    assert_eq!((stats.testing, stats.discarded_broken), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_reaps_idle_connections() {
     let cluster = start_cluster();
     let pool = pool(

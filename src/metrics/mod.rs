@@ -50,7 +50,7 @@ pub struct Metrics {
     /// `switchyard_client_logins_total`: clients that logged in.
     pub client_logins: IntCounter,
     /// `switchyard_server_connections{node,database,user,state}`: server
-    /// connections by state (`active`, `idle`, `opening`), at scrape time.
+    /// connections by state (`active`, `idle`, `testing`, `opening`), at scrape time.
     pub server_connections: IntGaugeVec,
     /// `switchyard_server_connects_total{node,database,user}`.
     pub server_connects: IntCounterVec,
@@ -175,7 +175,7 @@ impl Metrics {
             client_logins: counter("client_logins_total", "Clients that logged in.")?,
             server_connections: gauge_vec(
                 "server_connections",
-                "Server connections by state: active (in use), idle, opening.",
+                "Server connections by state: active (in use), idle, testing (health check), opening.",
                 &["node", "database", "user", "state"],
             )?,
             server_connects: counter_vec(

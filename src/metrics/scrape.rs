@@ -25,10 +25,13 @@ pub fn refresh(shared: &Shared) {
         let stats = pool.stats();
         active += stats.active;
         waiting += stats.waiting;
-        let opening = stats.open.saturating_sub(stats.active + stats.idle);
+        let opening = stats
+            .open
+            .saturating_sub(stats.active + stats.idle + stats.testing);
         for (state, value) in [
             ("active", stats.active),
             ("idle", stats.idle),
+            ("testing", stats.testing),
             ("opening", opening),
         ] {
             let [node, database, user] = labels;

@@ -12,7 +12,7 @@ use super::lifecycle::CloseReason;
 use super::parameters::parameter_status_frames;
 use super::queue::{Entry, Grant, Permit};
 use super::slot::{Full, OpenSlot};
-use super::stats::{Waiting, bump};
+use super::stats::{Counted, Waiting, bump};
 use super::{Pool, PoolError, PooledConnection, health};
 use crate::backend::{self, BackendError, ServerConnection};
 
@@ -238,6 +238,8 @@ impl Pool {
 
     async fn validate(&self, idle: &mut IdleConnection) -> Result<(), CloseReason> {
         if self.check_without_round_trip(idle, Instant::now())? {
+            // SHOW POOLS' sv_tested, for as long as the round trip runs.
+            let _testing = Counted::enter(&self.testing);
             health::ping(&mut idle.conn, PING_TIMEOUT)
                 .await
                 .map_err(CloseReason::Broken)?;

@@ -90,6 +90,8 @@ pub struct Pool {
     active: AtomicUsize,
     /// Checkouts waiting for a permit.
     waiting: AtomicUsize,
+    /// Connections in a health-check round trip.
+    testing: AtomicUsize,
     /// When they began waiting (for `maxwait`).
     wait_clock: WaitClock,
     counters: Counters,
@@ -143,6 +145,7 @@ impl Pool {
             node,
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            testing: AtomicUsize::new(0),
             wait_clock: WaitClock::default(),
             counters: Counters::default(),
             server_parameters: OnceLock::new(),
@@ -178,9 +181,16 @@ impl Pool {
 
     /// The pool's gauges and counters now.
     pub fn stats(&self) -> PoolStats {
+        let now = Instant::now();
+        let check_after = self.settings.load().health_check_after;
+        let idle_for = self
+            .queue
+            .describe_idle(|idle| now.saturating_duration_since(idle.since));
         self.counters.snapshot(Gauges {
             max_wait: self.wait_clock.longest(),
-            idle: self.queue.idle_len(),
+            idle: idle_for.len(),
+            idle_unchecked: idle_for.iter().filter(|&&d| d >= check_after).count(),
+            testing: self.testing.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),

@@ -199,6 +199,7 @@ impl<T: Send + 'static> Queue<T> {
     }
 
     /// How many items are idle.
+    #[cfg(test)]
     pub fn idle_len(&self) -> usize {
         self.lock().idle.len()
     }

@@ -15,6 +15,12 @@ pub struct PoolStats {
     pub max_wait: Duration,
     /// Connections idle in the pool, ready to be handed out.
     pub idle: usize,
+    /// Of `idle`, those idle for `health_check_after` or longer: a round
+    /// trip comes before their next use (PgBouncer's `sv_used`).
+    pub idle_unchecked: usize,
+    /// Connections in a health-check round trip now (PgBouncer's
+    /// `sv_tested`): neither idle nor checked out.
+    pub testing: usize,
     /// Connections checked out by sessions.
     pub active: usize,
     /// Checkouts waiting for a free slot.
@@ -75,6 +81,8 @@ pub(super) fn bump(counter: &AtomicU64) {
 pub(super) struct Gauges {
     pub max_wait: Duration,
     pub idle: usize,
+    pub idle_unchecked: usize,
+    pub testing: usize,
     pub active: usize,
     pub waiting: usize,
     pub open: usize,
@@ -87,6 +95,8 @@ impl Counters {
         PoolStats {
             max_wait: gauges.max_wait,
             idle: gauges.idle,
+            idle_unchecked: gauges.idle_unchecked,
+            testing: gauges.testing,
             active: gauges.active,
             waiting: gauges.waiting,
             open: gauges.open,
@@ -184,6 +194,24 @@ impl Drop for Waiting<'_> {
         if let Some(slot) = self.slot {
             self.clock.slots[slot].store(0, Ordering::Relaxed);
         }
+    }
+}
+
+/// Counts one connection in a gauge for as long as it lives (also when
+/// the future holding it is cancelled).
+pub(super) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    /// Adds one to `gauge` until the returned guard is dropped.
+    pub fn enter(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -69,7 +69,11 @@ impl ProxyProcess {
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config.replace("{listen}", &addr.to_string())).unwrap();
         let log = std::fs::File::create(dir.path().join("switchyard.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        // TEST_PROXY_BIN runs the tests against another build (e.g.
+        // the release one, to read its memory in `idle_clients.rs`).
+        let bin = std::env::var_os("TEST_PROXY_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchyard").into());
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&config_path)
             .env(

@@ -34,13 +34,18 @@ struct Row {
     waiting: usize,
     active: usize,
     idle: usize,
+    used: usize,
+    tested: usize,
     login: usize,
     max_wait: std::time::Duration,
     session_mode: bool,
 }
 
-/// The pools now. `maxwait`/`maxwait_us` say how long the oldest checkout
-/// still waiting for a server connection has waited. Session pooling has no pools: each session-pooled
+/// The pools now. `sv_idle` counts idle connections ready to use,
+/// `sv_used` idle ones due a health check (idle for `health_check_after`),
+/// `sv_tested` those in the check's round trip. `maxwait`/`maxwait_us` say
+/// how long the oldest checkout still waiting for a server connection has
+/// waited. Session pooling has no pools: each session-pooled
 /// client appears with its own server connection, grouped by node,
 /// database and user.
 pub fn show(shared: &Shared) -> Table {
@@ -69,8 +74,13 @@ pub fn show(shared: &Shared) -> Table {
             .unwrap_or_default();
         row.waiting = stats.waiting;
         row.active = stats.active;
-        row.idle = stats.idle;
-        row.login = stats.open.saturating_sub(stats.active + stats.idle);
+        // PgBouncer's sv_idle is ready to use; sv_used awaits a check.
+        row.idle = stats.idle.saturating_sub(stats.idle_unchecked);
+        row.used = stats.idle_unchecked;
+        row.tested = stats.testing;
+        row.login = stats
+            .open
+            .saturating_sub(stats.active + stats.idle + stats.testing);
         row.max_wait = stats.max_wait;
         rows.insert(
             (key.node.clone(), key.database.clone(), key.user.clone()),
@@ -95,8 +105,8 @@ pub fn show(shared: &Shared) -> Table {
             val(0),
             val(0),
             val(row.idle),
-            val(0),
-            val(0),
+            val(row.used),
+            val(row.tested),
             val(row.login),
             // PgBouncer: whole seconds, then the microseconds beyond them.
             val(row.max_wait.as_secs()),

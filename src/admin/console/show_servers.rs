@@ -62,9 +62,14 @@ pub fn show(shared: &Shared) -> Table {
                     val(&key.node),
                 ]
             };
+        // PgBouncer's states: `used` is idle but due a health check,
+        // `tested` in its round trip.
+        let check_after = pool.settings().health_check_after;
+        let now = std::time::Instant::now();
         for idle in pool.idle_servers() {
+            let due = now.saturating_duration_since(idle.idle_since) >= check_after;
             table.row(row(
-                "idle",
+                if due { "used" } else { "idle" },
                 Some(idle.pid),
                 Some(idle.opened),
                 Some(idle.idle_since),
@@ -74,7 +79,11 @@ pub fn show(shared: &Shared) -> Table {
         for _ in 0..stats.active {
             table.row(row("active", None, None, None));
         }
-        for _ in 0..stats.open.saturating_sub(stats.active + stats.idle) {
+        for _ in 0..stats.testing {
+            table.row(row("tested", None, None, None));
+        }
+        let opening = stats.active + stats.idle + stats.testing;
+        for _ in 0..stats.open.saturating_sub(opening) {
             table.row(row("login", None, None, None));
         }
     }
