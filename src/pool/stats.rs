@@ -170,7 +170,7 @@ impl WaitClock {
 /// Counts one waiter in a gauge, and its start in a [`WaitClock`], for as
 /// long as it lives (also when the waiting future is cancelled).
 pub(super) struct Waiting<'a> {
-    gauge: &'a AtomicUsize,
+    _counted: Counted<'a>,
     clock: &'a WaitClock,
     slot: Option<usize>,
 }
@@ -179,9 +179,8 @@ impl<'a> Waiting<'a> {
     /// Adds one to `gauge` and records in `clock` that a wait began at
     /// `since`, until the returned guard is dropped.
     pub fn enter(gauge: &'a AtomicUsize, clock: &'a WaitClock, since: Instant) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
         Self {
-            gauge,
+            _counted: Counted::enter(gauge),
             clock,
             slot: clock.start(since),
         }
@@ -190,15 +189,14 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Ordering::Relaxed);
         if let Some(slot) = self.slot {
             self.clock.slots[slot].store(0, Ordering::Relaxed);
         }
     }
 }
 
-/// Counts one connection in a gauge for as long as it lives (also when
-/// the future holding it is cancelled).
+/// Counts one (a waiter, a connection in a check) in a gauge for as long
+/// as it lives, also when the future holding it is cancelled.
 pub(super) struct Counted<'a>(&'a AtomicUsize);
 
 impl<'a> Counted<'a> {
