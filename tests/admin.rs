@@ -333,6 +333,35 @@ async fn healthz_topology_and_readyz_flips_on_sigterm_before_the_listener_closes
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn console_counts_idle_connections_due_a_health_check_as_used() {
+    // Every idle connection is due a round trip before its next use.
+    let a = Admin::start("pool_mode = \"transaction\"\n\n[pool]\nhealth_check_after = \"0s\"");
+    let app = connect(&a.app_dsn()).await;
+    app.simple_query("SELECT 1").await.unwrap();
+    let console = connect(&a.console_dsn()).await;
+    let (columns, pools) = rows(&console.simple_query("SHOW POOLS").await.unwrap());
+    let column = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    let row = pools
+        .iter()
+        .find(|r| r[0].as_deref() == Some(APP_DB) && r[1].as_deref() == Some(APP_USER))
+        .expect("a row for the pool used");
+    let value = |name: &str| row[column(name)].as_deref();
+    assert_eq!(
+        (value("sv_idle"), value("sv_used"), value("sv_tested")),
+        (Some("0"), Some("1"), Some("0")),
+        "{row:?}"
+    );
+    let (columns, servers) = rows(&console.simple_query("SHOW SERVERS").await.unwrap());
+    let state = columns.iter().position(|c| c == "state").unwrap();
+    assert!(
+        servers.iter().any(|r| r[state].as_deref() == Some("used")),
+        "{servers:?}"
+    );
+    // The check's round trip passes and the connection serves again.
+    app.simple_query("SELECT 2").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn console_shows_pools_and_pause_holds_transactions_until_resume() {
     let a = Admin::start("pool_mode = \"transaction\"");
     let app = connect(&a.app_dsn()).await;
