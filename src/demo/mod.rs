@@ -34,7 +34,9 @@ pub fn run(failover: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match demo_config(&cluster, failover) {
+    // Held until the demo ends (see documented_ports_lock).
+    let ports_lock = documented_ports_lock();
+    let config = match demo_config(&cluster, failover, ports_lock.is_some()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
@@ -53,21 +55,48 @@ pub fn run(failover: bool) -> ExitCode {
         }
     };
     drop(cluster);
+    drop(ports_lock);
     println!("switchyard demo: stopped; the cluster is removed.");
     code
+}
+
+/// A lock held for a demo's life while it may use the documented ports
+/// (6432 and 9930); `None` when another demo holds it. Without it, two
+/// demos started at once both found 6432 free and both bound it (its
+/// listeners set SO_REUSEPORT, so clients were split between the two
+/// proxies), or one failed to bind 9930 (seen in `tests/demo.rs`, whose
+/// two demos run in parallel).
+fn documented_ports_lock() -> Option<std::fs::File> {
+    exclusive_lock(&std::env::temp_dir().join("switchyard-demo-ports.lock"))
+}
+
+/// An exclusive lock on the file at `path` (created if missing), unless
+/// another holder has it.
+fn exclusive_lock(path: &std::path::Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
 }
 
 fn demo_config(
     cluster: &LocalCluster,
     failover: bool,
+    documented_ports: bool,
 ) -> Result<Config, crate::config::ConfigError> {
-    // The documented port when it is free, else any free port.
-    let listen = if TcpListener::bind("127.0.0.1:6432").is_ok() {
+    // The documented port when this demo may take it and it is free, else
+    // any free port.
+    let free = |addr: &str| documented_ports && TcpListener::bind(addr).is_ok();
+    let listen = if free("127.0.0.1:6432") {
         "127.0.0.1:6432"
     } else {
         "127.0.0.1:0"
     };
-    let admin = if TcpListener::bind("127.0.0.1:9930").is_ok() {
+    let admin = if free("127.0.0.1:9930") {
         "127.0.0.1:9930"
     } else {
         "127.0.0.1:0"
@@ -197,4 +226,19 @@ fn drill(config: Config, cluster: &LocalCluster) -> ExitCode {
     let _ = stop_tx.send(());
     let _ = serving.join();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_demo_at_a_time_holds_the_documented_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ports.lock");
+        let first = exclusive_lock(&path).expect("nobody holds it yet");
+        assert!(exclusive_lock(&path).is_none(), "a second demo got it too");
+        drop(first);
+        assert!(exclusive_lock(&path).is_some(), "released with the first");
+    }
 }
